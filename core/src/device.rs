@@ -1,0 +1,180 @@
+//! Picking where tensors live: a wgpu adapter (Vulkan/Metal/DX12 natively, WebGPU in the
+//! browser) or burn's flex CPU backend. `auto` prefers a hardware GPU and says what it picked.
+
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use burn::tensor::Device;
+use burn::tensor::wgpu::wgpu;
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// A hardware GPU when there is one, else the CPU backend.
+    Auto,
+    /// Any wgpu adapter, software rasterizers (lavapipe, SwiftShader) included.
+    Gpu,
+    /// burn's flex CPU backend.
+    Cpu,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "gpu" => Ok(Self::Gpu),
+            "cpu" => Ok(Self::Cpu),
+            other => Err(Error::BadArgument {
+                argument: "--device".into(),
+                reason: format!("`{other}` is not one of auto, gpu, cpu"),
+            }),
+        }
+    }
+}
+
+/// A wgpu adapter as the system reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterSummary {
+    pub name: String,
+    /// Vulkan, Metal, Dx12, Gl or BrowserWebGpu.
+    pub api: String,
+    /// DiscreteGpu, IntegratedGpu, VirtualGpu, Cpu (a software rasterizer) or Other.
+    pub kind: String,
+    pub driver: String,
+}
+
+impl AdapterSummary {
+    fn from_info(info: &wgpu::AdapterInfo) -> Self {
+        Self {
+            name: info.name.clone(),
+            api: format!("{:?}", info.backend),
+            kind: format!("{:?}", info.device_type),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        }
+    }
+
+    /// A real GPU, not a CPU rasterizer (browsers report no type: trust them).
+    pub fn is_hardware(&self) -> bool {
+        self.kind != "Cpu"
+    }
+}
+
+/// The device tensors run on, and a description of it for people.
+#[derive(Debug, Clone)]
+pub struct ComputeDevice {
+    pub device: Device,
+    /// `wgpu` or `flex`.
+    pub backend: &'static str,
+    /// The adapter, for wgpu.
+    pub adapter: Option<AdapterSummary>,
+    /// Why this device was picked, when `auto` had to choose.
+    pub reason: Option<String>,
+}
+
+impl ComputeDevice {
+    pub fn cpu() -> Self {
+        Self { device: Device::flex(), backend: "flex", adapter: None, reason: None }
+    }
+
+    /// One line for logs: `wgpu: llvmpipe (LLVM 15) [Vulkan, Cpu]` or `flex (CPU)`.
+    pub fn describe(&self) -> String {
+        let mut line = match &self.adapter {
+            Some(a) => format!("wgpu: {} [{}, {}]", a.name, a.api, a.kind),
+            None => "flex (CPU)".to_string(),
+        };
+        if let Some(reason) = &self.reason {
+            line.push_str(&format!(" ({reason})"));
+        }
+        line
+    }
+}
+
+/// burn registers one wgpu runtime per process and refuses a second: keep the first.
+static WGPU: Mutex<Option<(Device, AdapterSummary)>> = Mutex::new(None);
+
+async fn wgpu_device() -> Result<(Device, AdapterSummary)> {
+    let poisoned = || device_error("gpu", "device lock poisoned");
+    // Natively, tests start devices from several threads: start it under the lock.
+    #[cfg(not(target_family = "wasm"))]
+    {
+        let mut slot = WGPU.lock().map_err(|_| poisoned())?;
+        if let Some(cached) = slot.clone() {
+            return Ok(cached);
+        }
+        let (device, setup) =
+            Device::wgpu_options().init_with_setup().map_err(|e| device_error("gpu", &e.to_string()))?;
+        let summary = AdapterSummary::from_info(&setup.adapter.get_info());
+        Ok(slot.insert((device, summary)).clone())
+    }
+    // Browsers only start adapters asynchronously; wasm has one thread.
+    #[cfg(target_family = "wasm")]
+    {
+        if let Some(cached) = WGPU.lock().map_err(|_| poisoned())?.clone() {
+            return Ok(cached);
+        }
+        let (device, setup) = Device::wgpu_options()
+            .init_with_setup_async()
+            .await
+            .map_err(|e| device_error("gpu", &e.to_string()))?;
+        let summary = AdapterSummary::from_info(&setup.adapter.get_info());
+        let mut slot = WGPU.lock().map_err(|_| poisoned())?;
+        Ok(slot.get_or_insert((device, summary)).clone())
+    }
+}
+
+fn device_error(requested: &str, reason: &str) -> Error {
+    Error::Device { requested: requested.to_string(), reason: reason.to_string() }
+}
+
+/// Opens the device the user asked for.
+pub async fn open(choice: DeviceChoice) -> Result<ComputeDevice> {
+    match choice {
+        DeviceChoice::Cpu => Ok(ComputeDevice::cpu()),
+        DeviceChoice::Gpu => {
+            let (device, adapter) = wgpu_device().await?;
+            Ok(ComputeDevice { device, backend: "wgpu", adapter: Some(adapter), reason: None })
+        }
+        DeviceChoice::Auto => {
+            // A software rasterizer is far slower than the CPU backend on the same cores.
+            let hardware = list_adapters().await.into_iter().any(|a| a.is_hardware());
+            if !hardware {
+                let mut cpu = ComputeDevice::cpu();
+                cpu.reason = Some("auto: no hardware GPU adapter found".into());
+                return Ok(cpu);
+            }
+            match wgpu_device().await {
+                Ok((device, adapter)) if adapter.is_hardware() => Ok(ComputeDevice {
+                    device,
+                    backend: "wgpu",
+                    reason: Some("auto: hardware GPU".into()),
+                    adapter: Some(adapter),
+                }),
+                Ok((_, adapter)) => {
+                    let mut cpu = ComputeDevice::cpu();
+                    cpu.reason = Some(format!("auto: wgpu chose software adapter {}", adapter.name));
+                    Ok(cpu)
+                }
+                Err(e) => {
+                    let mut cpu = ComputeDevice::cpu();
+                    cpu.reason = Some(format!("auto: GPU failed to start ({e})"));
+                    Ok(cpu)
+                }
+            }
+        }
+    }
+}
+
+/// Every wgpu adapter the system offers (none is started).
+pub async fn list_adapters() -> Vec<AdapterSummary> {
+    let instance = wgpu::Instance::default();
+    instance
+        .enumerate_adapters(wgpu::Backends::all())
+        .await
+        .iter()
+        .map(|a| AdapterSummary::from_info(&a.get_info()))
+        .collect()
+}

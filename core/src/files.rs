@@ -1,0 +1,67 @@
+//! Model folders as bytes. The core never touches the filesystem: a front end reads (or
+//! fetches) the files a model asks for and hands them over as a [`ModelFiles`].
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+
+use crate::{Error, Result};
+
+/// The files of one model folder, by their path relative to the folder.
+#[derive(Debug, Clone, Default)]
+pub struct ModelFiles {
+    /// Where the files came from (a folder path or URL), used in error messages.
+    pub origin: String,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+impl ModelFiles {
+    pub fn new(origin: impl Into<String>) -> Self {
+        Self { origin: origin.into(), files: BTreeMap::new() }
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>, bytes: Vec<u8>) {
+        self.files.insert(name.into(), bytes);
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.files.contains_key(name)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.files.get(name).map(Vec::as_slice)
+    }
+
+    /// Moves a file's bytes out (weights are large: they are not copied).
+    pub fn take(&mut self, name: &str) -> Option<Vec<u8>> {
+        self.files.remove(name)
+    }
+
+    /// The path of a file for error messages: `origin/name`.
+    pub fn label(&self, name: &str) -> String {
+        format!("{}/{}", self.origin.trim_end_matches('/'), name)
+    }
+
+    /// The first of `names` that is present, or an error naming them all.
+    pub fn first_of<'a>(&self, names: &[&'a str]) -> Result<&'a str> {
+        names.iter().copied().find(|n| self.contains(n)).ok_or_else(|| Error::MissingFile {
+            folder: self.origin.clone(),
+            wanted: names.join(" or "),
+        })
+    }
+
+    /// Parses a JSON file, naming the file on any error.
+    pub fn json<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        let bytes = self.get(name).ok_or_else(|| Error::MissingFile {
+            folder: self.origin.clone(),
+            wanted: name.to_string(),
+        })?;
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::BadJson { file: self.label(name), reason: e.to_string() })
+    }
+
+    /// Parses a JSON file if present.
+    pub fn json_opt<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        if self.contains(name) { self.json(name).map(Some) } else { Ok(None) }
+    }
+}

@@ -1,0 +1,121 @@
+//! The pre-LayerNorm transformer shared by CLIP's text and vision towers
+//! (`CLIPAttention`, `CLIPMLP`, `CLIPEncoderLayer`, `CLIPEncoder` in transformers).
+
+use burn::module::Module;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, sigmoid, softmax};
+use burn::tensor::{Device, Tensor};
+
+use super::config::Activation;
+
+/// Multi-head self-attention with q/k/v/out projections (all with bias).
+#[derive(Module, Debug)]
+pub struct ClipAttention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    pub num_heads: usize,
+}
+
+impl ClipAttention {
+    pub fn new(hidden: usize, num_heads: usize, device: &Device) -> Self {
+        let linear = || LinearConfig::new(hidden, hidden).init(device);
+        Self { q_proj: linear(), k_proj: linear(), v_proj: linear(), out_proj: linear(), num_heads }
+    }
+
+    /// # Shapes
+    /// - x: `[batch, seq, hidden]`; mask: additive `[1, 1, seq, seq]`
+    /// - output: `[batch, seq, hidden]`
+    pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4>>) -> Tensor<3> {
+        let [batch, seq, hidden] = x.dims();
+        let head_dim = hidden / self.num_heads;
+        let heads = |t: Tensor<3>| t.reshape([batch, seq, self.num_heads, head_dim]).swap_dims(1, 2);
+        // transformers scales q before the product.
+        let q = heads(self.q_proj.forward(x.clone()) * (head_dim as f64).powf(-0.5));
+        let k = heads(self.k_proj.forward(x.clone()));
+        let v = heads(self.v_proj.forward(x));
+        let mut scores = q.matmul(k.swap_dims(2, 3));
+        if let Some(mask) = mask {
+            scores = scores + mask;
+        }
+        let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([batch, seq, hidden]);
+        self.out_proj.forward(out)
+    }
+}
+
+/// fc1 -> activation -> fc2.
+#[derive(Module, Debug)]
+pub struct ClipMlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl ClipMlp {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = self.fc1.forward(x);
+        let h = match self.activation {
+            Activation::QuickGelu => h.clone() * sigmoid(h * 1.702),
+            Activation::Gelu => gelu(h),
+        };
+        self.fc2.forward(h)
+    }
+}
+
+/// One pre-norm block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+#[derive(Module, Debug)]
+pub struct ClipEncoderLayer {
+    pub self_attn: ClipAttention,
+    pub layer_norm1: LayerNorm,
+    pub mlp: ClipMlp,
+    pub layer_norm2: LayerNorm,
+}
+
+/// The stack of encoder layers.
+#[derive(Module, Debug)]
+pub struct ClipEncoder {
+    pub layers: Vec<ClipEncoderLayer>,
+}
+
+/// Sizes of one tower's encoder.
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderDims {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub layers: usize,
+    pub eps: f64,
+    pub activation: Activation,
+}
+
+impl ClipEncoder {
+    pub fn new(d: EncoderDims, device: &Device) -> Self {
+        let norm = || LayerNormConfig::new(d.hidden).with_epsilon(d.eps).init(device);
+        let layers = (0..d.layers)
+            .map(|_| ClipEncoderLayer {
+                self_attn: ClipAttention::new(d.hidden, d.heads, device),
+                layer_norm1: norm(),
+                mlp: ClipMlp {
+                    fc1: LinearConfig::new(d.hidden, d.intermediate).init(device),
+                    fc2: LinearConfig::new(d.intermediate, d.hidden).init(device),
+                    activation: d.activation,
+                },
+                layer_norm2: norm(),
+            })
+            .collect();
+        Self { layers }
+    }
+
+    /// Runs the first `depth` layers (all of them when `depth` is None).
+    pub fn forward(&self, mut x: Tensor<3>, mask: Option<Tensor<4>>, depth: Option<usize>) -> Tensor<3> {
+        for layer in self.layers.iter().take(depth.unwrap_or(self.layers.len())) {
+            let h = layer.self_attn.forward(layer.layer_norm1.forward(x.clone()), mask.clone());
+            x = x + h;
+            let h = layer.mlp.forward(layer.layer_norm2.forward(x.clone()));
+            x = x + h;
+        }
+        x
+    }
+}

@@ -1,0 +1,3 @@
+//! Model architectures, one folder per model family.
+
+pub mod clip;

@@ -1,0 +1,156 @@
+//! Safetensors weights into burn modules, with every problem reported by tensor and file.
+//!
+//! Files are checked with the `safetensors` crate first (so a corrupt file or an integer tensor
+//! is an error, never a panic inside burn-store), then applied through burn-store with the
+//! PyTorch adapter (Linear weights transposed, norm weight/bias renamed) and a cast to f32:
+//! burn-store aborts on the CPU backend for f16 tensors that are not cast first.
+
+use std::collections::BTreeMap;
+
+use burn::module::Module;
+use burn::store::{
+    ApplyError, ChainAdapter, FloatCastAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
+    SafetensorsStore,
+};
+use burn::tensor::DType;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::{Error, Result};
+
+/// Dtype and shape of one tensor in a weight file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+/// Reads and validates a safetensors header: every tensor's dtype and shape.
+pub fn inspect(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, TensorInfo>> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::CorruptWeights { file: file.to_string(), reason: e.to_string() })?;
+    Ok(st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            (name, TensorInfo { dtype: format!("{:?}", view.dtype()), shape: view.shape().to_vec() })
+        })
+        .collect())
+}
+
+/// Reads a single-element float tensor (e.g. CLIP's `logit_scale`), if the file has it.
+pub fn read_scalar(file: &str, bytes: &[u8], name: &str) -> Result<Option<f32>> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::CorruptWeights { file: file.to_string(), reason: e.to_string() })?;
+    let Ok(view) = st.tensor(name) else { return Ok(None) };
+    let data = view.data();
+    let bad = |reason: &str| Error::BadTensor {
+        file: file.to_string(),
+        tensor: name.to_string(),
+        reason: reason.to_string(),
+    };
+    if view.shape().iter().product::<usize>() != 1 {
+        return Err(bad("expected a single value"));
+    }
+    let value = match view.dtype() {
+        Dtype::F32 => f32::from_le_bytes(data.try_into().map_err(|_| bad("truncated"))?),
+        Dtype::F16 => half::f16::from_le_bytes(data.try_into().map_err(|_| bad("truncated"))?).to_f32(),
+        Dtype::BF16 => {
+            half::bf16::from_le_bytes(data.try_into().map_err(|_| bad("truncated"))?).to_f32()
+        }
+        other => {
+            return Err(Error::BadDtype {
+                file: file.to_string(),
+                tensor: name.to_string(),
+                dtype: format!("{other:?}"),
+            });
+        }
+    };
+    if !value.is_finite() {
+        return Err(bad("value is not finite"));
+    }
+    Ok(Some(value))
+}
+
+/// Loads `bytes` (a safetensors file named `file`) into `module`.
+///
+/// Tensors whose names contain one of `tolerated_unused` may be present without being used
+/// (buffers such as `position_ids`, or values read separately such as `logit_scale`). Any other
+/// unused, missing, misshaped or non-float tensor is an error that names it.
+pub fn load_into<M: Module + ModuleSnapshot>(
+    mut module: M,
+    file: &str,
+    bytes: Vec<u8>,
+    tolerated_unused: &[&str],
+) -> Result<M> {
+    let tolerated = |name: &str| tolerated_unused.iter().any(|t| name.contains(t));
+    let header = inspect(file, &bytes)?;
+    for (name, info) in &header {
+        let float = matches!(info.dtype.as_str(), "F32" | "F16" | "BF16");
+        if !float && !tolerated(name) {
+            return Err(Error::BadDtype {
+                file: file.to_string(),
+                tensor: name.clone(),
+                dtype: info.dtype.clone(),
+            });
+        }
+    }
+    let mut store = SafetensorsStore::from_bytes(Some(bytes))
+        .with_from_adapter(ChainAdapter::new(PyTorchToBurnAdapter, FloatCastAdapter::to(DType::F32)))
+        .allow_partial(true)
+        .validate(false);
+    let result = module.load_from(&mut store).map_err(|e| Error::CorruptWeights {
+        file: file.to_string(),
+        reason: e.to_string(),
+    })?;
+    if let Some(error) = result.errors.first() {
+        return Err(match error {
+            ApplyError::ShapeMismatch { path, expected, .. } => Error::BadShape {
+                file: file.to_string(),
+                tensor: path.clone(),
+                // burn stores Linear weights as [in, out]; report what the file should hold.
+                expected: file_layout(&header, path, expected.dims.clone()),
+                found: header.get(path).map(|i| i.shape.clone()).unwrap_or_default(),
+            },
+            ApplyError::DTypeMismatch { path, found, .. } => Error::BadDtype {
+                file: file.to_string(),
+                tensor: path.clone(),
+                dtype: format!("{found:?}"),
+            },
+            ApplyError::AdapterError { path, message } | ApplyError::LoadError { path, message } => {
+                Error::BadTensor { file: file.to_string(), tensor: path.clone(), reason: message.clone() }
+            }
+        });
+    }
+    if !result.missing.is_empty() {
+        return Err(Error::MissingTensors {
+            file: file.to_string(),
+            tensors: result.missing.iter().map(|(path, _)| pytorch_name(path)).collect(),
+        });
+    }
+    let unused: Vec<String> = result.unused.into_iter().filter(|n| !tolerated(n)).collect();
+    if !unused.is_empty() {
+        return Err(Error::UnusedTensors { file: file.to_string(), tensors: unused });
+    }
+    Ok(module)
+}
+
+/// burn names norm parameters `gamma`/`beta`; the files (and users) say `weight`/`bias`.
+fn pytorch_name(path: &str) -> String {
+    if let Some(stem) = path.strip_suffix(".gamma") {
+        format!("{stem}.weight")
+    } else if let Some(stem) = path.strip_suffix(".beta") {
+        format!("{stem}.bias")
+    } else {
+        path.to_string()
+    }
+}
+
+/// burn reports a Linear weight's expected shape as [in, out]; the file holds [out, in].
+fn file_layout(header: &BTreeMap<String, TensorInfo>, path: &str, burn_dims: Vec<usize>) -> Vec<usize> {
+    let found_rank = header.get(path).map(|i| i.shape.len());
+    if burn_dims.len() == 2 && found_rank == Some(2) && path.ends_with(".weight") && !path.contains("embedding") {
+        vec![burn_dims[1], burn_dims[0]]
+    } else {
+        burn_dims
+    }
+}

@@ -1,0 +1,115 @@
+// The demo page (index.html) in headless Chromium: WebGPU (SwiftShader) and the CPU fallback
+// give the same CLIPScore as the native CLI and as transformers, and bad input shows an error.
+//
+// Needs: web/pkg (web/build.sh), the native binary in $TASTEBUD_BIN, /usr/bin/chromium.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const root = path.resolve(import.meta.dirname, '../..');
+const fixtures = path.join(root, 'tests/fixtures');
+const tastebud = process.env.TASTEBUD_BIN;
+const RTOL = 1e-4;
+const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript',
+  '.wasm': 'application/wasm', '.json': 'application/json', '.png': 'image/png' };
+
+let server, browser, base;
+
+before(async () => {
+  assert.ok(tastebud && fs.existsSync(tastebud), 'set TASTEBUD_BIN to the native tastebud binary');
+  assert.ok(fs.existsSync(path.join(root, 'web/pkg/tastebud_web.js')), 'build web/pkg first (web/build.sh)');
+  server = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://localhost');
+    const file = path.join(root, decodeURIComponent(url.pathname));
+    if (!file.startsWith(root) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { 'content-type': TYPES[path.extname(file)] ?? 'application/octet-stream' });
+    fs.createReadStream(file).pipe(res);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  base = `http://127.0.0.1:${server.address().port}`;
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--headless=new', '--no-sandbox', '--disable-background-networking', '--disable-component-update',
+      '--disable-sync', '--no-first-run', '--disable-quic', '--enable-unsafe-webgpu'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.close();
+});
+
+// Runs the demo page on one device and returns what it printed in #result.
+async function demo(query) {
+  const page = await browser.newPage();
+  const logs = [];
+  page.on('console', (m) => logs.push(m.text()));
+  page.on('pageerror', (e) => logs.push(String(e)));
+  try {
+    await page.goto(`${base}/index.html?run=1&${new URLSearchParams(query)}`);
+    await page.waitForFunction(() => document.getElementById('result').textContent.length > 0, null,
+      { timeout: 600_000, polling: 250 });
+    const text = await page.textContent('#result');
+    return { ...JSON.parse(text), logs };
+  } finally {
+    await page.close();
+  }
+}
+
+// One f32 tensor from reference.safetensors.
+function reference(name) {
+  const bytes = fs.readFileSync(path.join(fixtures, 'reference.safetensors'));
+  const headerLength = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString());
+  const [start, end] = header[name].data_offsets;
+  const data = bytes.subarray(8 + headerLength + start, 8 + headerLength + end);
+  return Array.from({ length: data.length / 4 }, (_, i) => data.readFloatLE(i * 4));
+}
+
+function native(flavour, prompt) {
+  const out = execFileSync(tastebud, ['score', '--model', path.join(fixtures, flavour), '--prompt', prompt,
+    '--device', 'cpu', '--json', path.join(fixtures, 'image0.png')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  return JSON.parse(out).scores[0];
+}
+
+function close(got, want, what) {
+  const err = Math.abs(got - want) / Math.max(Math.abs(want), 1e-3);
+  assert.ok(err <= RTOL, `${what}: got ${got}, want ${want} (relative error ${err.toExponential(2)})`);
+}
+
+const refJson = JSON.parse(fs.readFileSync(path.join(fixtures, 'reference.json')));
+
+for (const flavour of ['clip-openai', 'clip-openclip']) {
+  const prompt = refJson[flavour].scored_prompts[0];
+  // logits_per_image[0][0]: image0 against the first prompt.
+  const want = { logit: reference(`${flavour}.logits_per_image`)[0], cosine: reference(`${flavour}.cosine`)[0] };
+  for (const [device, backend] of [['gpu', 'wgpu'], ['cpu', 'flex']]) {
+    test(`${flavour}: CLIPScore in the browser on ${device} matches native and transformers`, async () => {
+      const result = await demo({ device, model: `/tests/fixtures/${flavour}/`, image: '/tests/fixtures/image0.png', prompt });
+      assert.equal(result.error, undefined, `page error: ${result.error}\n${result.logs.join('\n')}`);
+      assert.ok(result.device.startsWith(backend), `ran on ${result.device}, wanted ${backend}`);
+      const cli = native(flavour, prompt);
+      close(result.logit, cli.logit, `${device} vs native logit`);
+      close(result.cosine, cli.cosine, `${device} vs native cosine`);
+      close(result.logit, want.logit, `${device} vs transformers logit`);
+      close(result.cosine, want.cosine, `${device} vs transformers cosine`);
+    });
+  }
+}
+
+test('a missing model folder is reported by name in the page', async () => {
+  const result = await demo({ device: 'cpu', model: '/tests/fixtures/no-such-model/', image: '/tests/fixtures/image0.png', prompt: 'a cat' });
+  assert.match(result.error ?? '', /no-such-model.*config\.json/);
+});
+
+test('an empty prompt is refused in the page', async () => {
+  const result = await demo({ device: 'cpu', model: '/tests/fixtures/clip-openai/', image: '/tests/fixtures/image0.png', prompt: ' ' });
+  assert.match(result.error ?? '', /prompt is empty/);
+});

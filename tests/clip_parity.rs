@@ -1,0 +1,145 @@
+//! CLIP against transformers on the tiny fixtures (tests/reference/make_fixtures.py):
+//! tokenizer ids, text and vision towers, scores, and both image preprocessing paths,
+//! on the CPU backend (flex) and on wgpu (lavapipe).
+
+mod common;
+
+use common::*;
+use tastebud_core::models::clip::Clip;
+use tastebud_core::preprocess::{ImageProcessorConfig, decode_rgb, pixels_from_rgb8, resize_crop_normalize};
+use tastebud_core::tokenizer::ClipTokenizer;
+use tastebud_core::{Error, models::clip::config::ClipConfig};
+
+const FLAVOURS: [&str; 2] = ["clip-openai", "clip-openclip"];
+const RTOL: f32 = 1e-4;
+
+#[test]
+fn tokenizer_ids_match_transformers() {
+    let reference = reference_json();
+    let prompts: Vec<String> = serde_json::from_value(reference["prompts"].clone()).unwrap();
+    for flavour in FLAVOURS {
+        let tokenizer = ClipTokenizer::from_files(&model_files(flavour)).unwrap();
+        let ids: Vec<Vec<u32>> = serde_json::from_value(reference[flavour]["ids"].clone()).unwrap();
+        let lengths: Vec<usize> = serde_json::from_value(reference[flavour]["unpadded_lengths"].clone()).unwrap();
+        for (i, prompt) in prompts.iter().enumerate() {
+            assert_eq!(tokenizer.encode_unpadded(prompt).unwrap().len(), lengths[i], "{flavour}: length of {prompt:?}");
+            let ours = tokenizer.encode(prompt, true).unwrap();
+            assert_eq!(ours.ids, ids[i], "{flavour}: ids of {prompt:?}");
+            assert_eq!(ours.ids[ours.eos_index], tokenizer.eos_id);
+        }
+    }
+}
+
+#[test]
+fn overlong_prompt_is_refused_unless_truncation_is_allowed() {
+    let tokenizer = ClipTokenizer::from_files(&model_files("clip-openai")).unwrap();
+    let long = "a ".repeat(100);
+    let err = tokenizer.encode(&long, false).unwrap_err();
+    assert!(matches!(err, Error::BadPrompt(_)), "{err}");
+    assert!(err.to_string().contains("102 tokens"), "{err}");
+    let cut = tokenizer.encode(&long, true).unwrap();
+    assert!(cut.truncated);
+    assert_eq!(cut.eos_index, 76);
+}
+
+#[test]
+fn text_and_vision_towers_match_transformers() {
+    let reference = reference_json();
+    let (pixels, pshape) = reference_tensor("pixel_values");
+    for device in devices() {
+        for flavour in FLAVOURS {
+            let what = |t: &str| format!("{flavour} on {}: {t}", device_name(&device));
+            let clip = Clip::from_files(model_files(flavour), &device.device).unwrap();
+            let want_scale = reference[flavour]["logit_scale"].as_f64().unwrap() as f32;
+            assert!((clip.logit_scale - want_scale).abs() < 1e-6, "{}", what("logit_scale"));
+
+            let prompts: Vec<String> = serde_json::from_value(reference[flavour]["scored_prompts"].clone()).unwrap();
+            let tokens: Vec<_> = prompts.iter().map(|p| clip.tokenize(p, false).unwrap()).collect();
+            let ids: Vec<i64> = tokens.iter().flat_map(|t| t.ids.iter().map(|&i| i as i64)).collect();
+            let ids = tastebud_core::burn::tensor::Tensor::<2, tastebud_core::burn::tensor::Int>::from_data(
+                tastebud_core::burn::tensor::TensorData::new(ids, [tokens.len(), 77]),
+                &device.device,
+            );
+            let eos: Vec<usize> = tokens.iter().map(|t| t.eos_index).collect();
+            let hidden = clip.model.text_model.forward(ids, &eos).last_hidden_state;
+            assert_close(&what("text last_hidden_state"), &read(hidden), &reference_tensor(&format!("{flavour}.text_last_hidden")).0, RTOL);
+
+            let text = clip.text_embeds(&tokens);
+            assert_close(&what("text_embeds"), &read(text.clone()), &reference_tensor(&format!("{flavour}.text_embeds")).0, RTOL);
+
+            let px = tensor(pixels.clone(), [pshape[0], pshape[1], pshape[2], pshape[3]], &device.device);
+            let image = clip.image_embeds(px).unwrap();
+            assert_close(&what("image_embeds"), &read(image.clone()), &reference_tensor(&format!("{flavour}.image_embeds")).0, RTOL);
+
+            let cosine = Clip::cosine(image, text);
+            let cos = read(cosine);
+            assert_close(&what("cosine"), &cos, &reference_tensor(&format!("{flavour}.cosine")).0, RTOL);
+            let logits: Vec<f32> = cos.iter().map(|c| c * clip.logit_scale.exp()).collect();
+            assert_close(&what("logits_per_image"), &logits, &reference_tensor(&format!("{flavour}.logits_per_image")).0, RTOL);
+        }
+    }
+}
+
+/// `CLIPImageProcessor` resizes uint8 images with fixed-point weights; ours are exact floats
+/// rounded to uint8, so a pixel may differ by one level (the design's +-1 on uint8).
+#[test]
+fn file_preprocessing_matches_clip_image_processor() {
+    let (want, shape) = reference_tensor("pixel_values");
+    let per_image = shape[1] * shape[2] * shape[3];
+    let cfg = ImageProcessorConfig::from_files(&model_files("clip-openai")).unwrap();
+    assert_eq!(cfg, ImageProcessorConfig::default());
+    let one_level = 1.0 / 255.0 / cfg.std.iter().fold(f32::MAX, |a, &b| a.min(b));
+    for i in 0..shape[0] {
+        let path = fixtures().join(format!("image{i}.png"));
+        let img = decode_rgb("fixture", &std::fs::read(path).unwrap()).unwrap();
+        let ours = pixels_from_rgb8(&img, &cfg);
+        let want = &want[i * per_image..(i + 1) * per_image];
+        let mut off_by_one = 0;
+        for (j, (o, w)) in ours.iter().zip(want).enumerate() {
+            let d = (o - w).abs();
+            assert!(d <= one_level * 1.001 + 1e-5, "image{i} pixel {j}: {o} vs {w}");
+            if d > 1e-5 {
+                off_by_one += 1;
+            }
+        }
+        assert!(off_by_one * 100 < per_image, "image{i}: {off_by_one} of {per_image} pixels differ by a level");
+    }
+}
+
+#[test]
+fn differentiable_preprocess_matches_torchvision() {
+    let cfg = ImageProcessorConfig::default();
+    for device in devices() {
+        for i in 0..3 {
+            let (x, s) = reference_tensor(&format!("resize{i}.input"));
+            let (want, _) = reference_tensor(&format!("resize{i}.output"));
+            let x = tensor(x, [s[0], s[1], s[2], s[3]], &device.device);
+            let got = read(resize_crop_normalize(x, &cfg));
+            assert_close(&format!("resize{i} on {}", device_name(&device)), &got, &want, RTOL);
+        }
+    }
+}
+
+#[test]
+fn differentiable_preprocess_passes_gradients() {
+    let cfg = ImageProcessorConfig::default();
+    let device = tastebud_core::ComputeDevice::cpu().device.autodiff();
+    let (x, s) = reference_tensor("resize0.input");
+    let x = tensor(x, [s[0], s[1], s[2], s[3]], &device).require_grad();
+    let y = resize_crop_normalize(x.clone(), &cfg);
+    let grads = y.sum().backward();
+    let g = read(x.grad(&grads).expect("gradient reaches the image"));
+    // d(sum)/dx = sum over outputs of the resize weights / std: positive, and summing to
+    // (crop^2 / std_c) per channel times the share of the image the crop keeps.
+    assert!(g.iter().all(|v| v.is_finite()));
+    let total: f32 = g.iter().sum();
+    let want: f32 = cfg.std.iter().map(|s| 224.0 * 224.0 / s).sum();
+    assert!((total - want).abs() / want < 1e-3, "{total} vs {want}");
+}
+
+#[test]
+fn config_presets_parse_with_transformers_defaults() {
+    let cfg: ClipConfig = serde_json::from_str(r#"{"text_config": {}, "vision_config": {}}"#).unwrap();
+    assert_eq!((cfg.text_config.hidden_size, cfg.vision_config.patch_size), (512, 32));
+    assert_eq!(cfg.text_config.hidden_act, "quick_gelu");
+}

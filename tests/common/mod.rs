@@ -1,0 +1,75 @@
+//! Helpers shared by the integration tests: fixtures, references, devices, tolerances.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use safetensors::SafeTensors;
+use serde_json::Value;
+use tastebud_core::burn::tensor::Device;
+use tastebud_core::{ComputeDevice, DeviceChoice, ModelFiles, device};
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+/// Every file of a fixture folder, as a front end would hand them over.
+pub fn model_files(name: &str) -> ModelFiles {
+    let dir = fixtures().join(name);
+    let mut files = ModelFiles::new(dir.display().to_string());
+    for entry in std::fs::read_dir(&dir).expect("fixture folder") {
+        let entry = entry.expect("fixture entry");
+        let file_name = entry.file_name().to_string_lossy().to_string();
+        files.insert(file_name, std::fs::read(entry.path()).expect("fixture file"));
+    }
+    files
+}
+
+pub fn reference_json() -> Value {
+    let bytes = std::fs::read(fixtures().join("reference.json")).expect("reference.json");
+    serde_json::from_slice(&bytes).expect("reference.json parses")
+}
+
+/// A reference tensor (f32) and its shape.
+pub fn reference_tensor(name: &str) -> (Vec<f32>, Vec<usize>) {
+    let bytes = std::fs::read(fixtures().join("reference.safetensors")).expect("reference.safetensors");
+    let st = SafeTensors::deserialize(&bytes).expect("reference.safetensors parses");
+    let view = st.tensor(name).unwrap_or_else(|_| panic!("reference tensor {name}"));
+    let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    (values, view.shape().to_vec())
+}
+
+/// The devices every numeric test runs on: flex (CPU) and wgpu (lavapipe here).
+pub fn devices() -> Vec<ComputeDevice> {
+    let gpu = pollster::block_on(device::open(DeviceChoice::Gpu))
+        .expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
+    vec![ComputeDevice::cpu(), gpu]
+}
+
+pub fn device_name(d: &ComputeDevice) -> String {
+    d.describe()
+}
+
+pub fn read<const D: usize>(t: tastebud_core::burn::tensor::Tensor<D>) -> Vec<f32> {
+    pollster::block_on(tastebud_core::read_f32(t)).expect("readback")
+}
+
+pub fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> tastebud_core::burn::tensor::Tensor<D> {
+    tastebud_core::burn::tensor::Tensor::from_data(tastebud_core::burn::tensor::TensorData::new(values, shape), device)
+}
+
+/// |got - want| <= rtol * (|want| + max|want| * 0.1): relative, with a floor scaled to the
+/// tensor so that entries near zero are judged against the tensor's magnitude.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let mut worst = (0.0f32, 0usize);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}[{i}] is {g}");
+        let err = (g - w).abs() / (w.abs() + 0.1 * scale);
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+    let i = worst.1;
+    assert!(worst.0 <= rtol, "{what}: worst relative error {:.3e} at [{i}]: got {} want {}", worst.0, got[i], want[i]);
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Every test Tastebud has, from a fresh machine: installs what is missing, then runs
+# formatting, lints, the Rust tests (flex CPU and wgpu on lavapipe), the wasm build and the
+# browser tests (headless Chromium: WebGPU on SwiftShader and the CPU fallback).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One warm build outside the checkout serves every run on this machine.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tastebud/target}
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/tastebud-xdg}
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+WASM_BINDGEN_VERSION=$(sed -n '/^name = "wasm-bindgen"$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
+step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+
+step "system packages"
+missing=()
+[ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || missing+=(mesa-vulkan-drivers)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q && apt-get install -y -q "${missing[@]}"
+fi
+
+step "rust tools"
+rustup component add rustfmt clippy
+rustup target add wasm32-unknown-unknown
+if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $WASM_BINDGEN_VERSION" ]; then
+  # Not --locked: its lock file pins a crate version the registry lacks.
+  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
+fi
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+
+step "format"
+cargo fmt --all --check
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "rust tests (flex and wgpu/lavapipe)"
+cargo test --workspace
+
+step "wasm build"
+web/build.sh
+
+step "browser tests (headless Chromium)"
+cargo build -p tastebud
+TASTEBUD_BIN="$CARGO_TARGET_DIR/debug/tastebud" node --test tests/browser/
+
+step "all tests passed"
