@@ -11,7 +11,9 @@ use tastebud_core::models::clip::Clip;
 use tastebud_core::{ComputeDevice, Error, ModelFiles};
 
 /// The openai fixture with its weight file rewritten by `edit` (name -> (dtype, shape, bytes)).
-fn with_weights(edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>)) -> ModelFiles {
+fn with_weights(
+    edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>),
+) -> ModelFiles {
     let mut files = model_files("clip-openai");
     let bytes = files.take("model.safetensors").unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -25,7 +27,10 @@ fn with_weights(edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u
         .iter()
         .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
-    files.insert("model.safetensors", safetensors::serialize(views, None).unwrap());
+    files.insert(
+        "model.safetensors",
+        safetensors::serialize(views, None).unwrap(),
+    );
     files
 }
 
@@ -43,13 +48,19 @@ fn missing_tensor_is_named() {
     }));
     let msg = err.to_string();
     assert!(matches!(err, Error::MissingTensors { .. }), "{msg}");
-    assert!(msg.contains("text_model.final_layer_norm.weight") && msg.contains("model.safetensors"), "{msg}");
+    assert!(
+        msg.contains("text_model.final_layer_norm.weight") && msg.contains("model.safetensors"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn unused_tensor_is_named() {
     let err = load(with_weights(|t| {
-        t.insert("text_model.extra.weight".into(), (Dtype::F32, vec![2], vec![0; 8]));
+        t.insert(
+            "text_model.extra.weight".into(),
+            (Dtype::F32, vec![2], vec![0; 8]),
+        );
     }));
     assert!(matches!(err, Error::UnusedTensors { .. }), "{err}");
     assert!(err.to_string().contains("text_model.extra.weight"), "{err}");
@@ -58,21 +69,35 @@ fn unused_tensor_is_named() {
 #[test]
 fn wrong_shape_is_named_with_both_shapes() {
     let err = load(with_weights(|t| {
-        t.insert("text_projection.weight".into(), (Dtype::F32, vec![8, 32], vec![0; 8 * 32 * 4]));
+        t.insert(
+            "text_projection.weight".into(),
+            (Dtype::F32, vec![8, 32], vec![0; 8 * 32 * 4]),
+        );
     }));
     let msg = err.to_string();
     assert!(matches!(err, Error::BadShape { .. }), "{msg}");
-    assert!(msg.contains("text_projection.weight") && msg.contains("[8, 32]") && msg.contains("[16, 32]"), "{msg}");
+    assert!(
+        msg.contains("text_projection.weight")
+            && msg.contains("[8, 32]")
+            && msg.contains("[16, 32]"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn integer_weights_are_refused() {
     let err = load(with_weights(|t| {
         let (_, shape, bytes) = t.remove("visual_projection.weight").unwrap();
-        t.insert("visual_projection.weight".into(), (Dtype::I32, shape, bytes));
+        t.insert(
+            "visual_projection.weight".into(),
+            (Dtype::I32, shape, bytes),
+        );
     }));
     assert!(matches!(err, Error::BadDtype { .. }), "{err}");
-    assert!(err.to_string().contains("visual_projection.weight") && err.to_string().contains("I32"), "{err}");
+    assert!(
+        err.to_string().contains("visual_projection.weight") && err.to_string().contains("I32"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -95,16 +120,25 @@ fn missing_and_bad_config_are_named() {
     let mut files = model_files("clip-openai");
     files.take("config.json");
     let err = load(files);
-    assert!(matches!(err, Error::MissingFile { .. }) && err.to_string().contains("config.json"), "{err}");
+    assert!(
+        matches!(err, Error::MissingFile { .. }) && err.to_string().contains("config.json"),
+        "{err}"
+    );
 
     let mut files = model_files("clip-openai");
     files.insert("config.json", b"{ not json".to_vec());
     let err = load(files);
-    assert!(matches!(err, Error::BadJson { .. }) && err.to_string().contains("config.json"), "{err}");
+    assert!(
+        matches!(err, Error::BadJson { .. }) && err.to_string().contains("config.json"),
+        "{err}"
+    );
 
     let mut files = model_files("clip-openai");
     let cfg = String::from_utf8(files.take("config.json").unwrap()).unwrap();
-    files.insert("config.json", cfg.replace("quick_gelu", "relu").into_bytes());
+    files.insert(
+        "config.json",
+        cfg.replace("quick_gelu", "relu").into_bytes(),
+    );
     let err = load(files);
     assert!(err.to_string().contains("hidden_act `relu`"), "{err}");
 }
@@ -114,22 +148,38 @@ fn missing_weights_and_tokenizer_are_named() {
     let mut files = model_files("clip-openai");
     files.take("model.safetensors");
     let err = load(files);
-    assert!(err.to_string().contains("model.safetensors or model.fp16.safetensors"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("model.safetensors or model.fp16.safetensors"),
+        "{err}"
+    );
 
     let mut files = model_files("clip-openai");
     files.take("tokenizer.json");
     let err = load(files);
-    assert!(err.to_string().contains("tokenizer.json or vocab.json"), "{err}");
+    assert!(
+        err.to_string().contains("tokenizer.json or vocab.json"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_prompts_and_images_are_refused() {
     let clip = Clip::from_files(model_files("clip-openai"), &ComputeDevice::cpu().device).unwrap();
-    assert!(matches!(clip.tokenize("   ", false), Err(Error::BadPrompt(_))));
-    let err = tastebud_core::preprocess::decode_rgb("cat.png", b"\x89PNG\r\n\x1a\nbroken").unwrap_err();
-    assert!(matches!(err, Error::BadImage { .. }) && err.to_string().contains("cat.png"), "{err}");
+    assert!(matches!(
+        clip.tokenize("   ", false),
+        Err(Error::BadPrompt(_))
+    ));
+    let err =
+        tastebud_core::preprocess::decode_rgb("cat.png", b"\x89PNG\r\n\x1a\nbroken").unwrap_err();
+    assert!(
+        matches!(err, Error::BadImage { .. }) && err.to_string().contains("cat.png"),
+        "{err}"
+    );
     let err = tastebud_core::preprocess::decode_rgb("notes.txt", b"hello").unwrap_err();
     assert!(err.to_string().contains("not a PNG or JPEG"), "{err}");
-    let err = clip.image_embeds(tensor(vec![0.0; 3 * 32 * 32], [1, 3, 32, 32], &clip.device)).unwrap_err();
+    let err = clip
+        .image_embeds(tensor(vec![0.0; 3 * 32 * 32], [1, 3, 32, 32], &clip.device))
+        .unwrap_err();
     assert!(err.to_string().contains("[_, 3, 224, 224]"), "{err}");
 }

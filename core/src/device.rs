@@ -53,7 +53,9 @@ impl AdapterSummary {
             name: info.name.clone(),
             api: format!("{:?}", info.backend),
             kind: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
         }
     }
 
@@ -77,7 +79,12 @@ pub struct ComputeDevice {
 
 impl ComputeDevice {
     pub fn cpu() -> Self {
-        Self { device: Device::flex(), backend: "flex", adapter: None, reason: None }
+        Self {
+            device: Device::flex(),
+            backend: "flex",
+            adapter: None,
+            reason: None,
+        }
     }
 
     /// One line for logs: `wgpu: llvmpipe (LLVM 15) [Vulkan, Cpu]` or `flex (CPU)`.
@@ -105,8 +112,9 @@ async fn wgpu_device() -> Result<(Device, AdapterSummary)> {
         if let Some(cached) = slot.clone() {
             return Ok(cached);
         }
-        let (device, setup) =
-            Device::wgpu_options().init_with_setup().map_err(|e| device_error("gpu", &e.to_string()))?;
+        let (device, setup) = Device::wgpu_options()
+            .init_with_setup()
+            .map_err(|e| device_error("gpu", &e.to_string()))?;
         let summary = AdapterSummary::from_info(&setup.adapter.get_info());
         Ok(slot.insert((device, summary)).clone())
     }
@@ -127,7 +135,10 @@ async fn wgpu_device() -> Result<(Device, AdapterSummary)> {
 }
 
 fn device_error(requested: &str, reason: &str) -> Error {
-    Error::Device { requested: requested.to_string(), reason: reason.to_string() }
+    Error::Device {
+        requested: requested.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Opens the device the user asked for.
@@ -136,7 +147,12 @@ pub async fn open(choice: DeviceChoice) -> Result<ComputeDevice> {
         DeviceChoice::Cpu => Ok(ComputeDevice::cpu()),
         DeviceChoice::Gpu => {
             let (device, adapter) = wgpu_device().await?;
-            Ok(ComputeDevice { device, backend: "wgpu", adapter: Some(adapter), reason: None })
+            Ok(ComputeDevice {
+                device,
+                backend: "wgpu",
+                adapter: Some(adapter),
+                reason: None,
+            })
         }
         DeviceChoice::Auto => {
             // A software rasterizer is far slower than the CPU backend on the same cores.
@@ -155,7 +171,10 @@ pub async fn open(choice: DeviceChoice) -> Result<ComputeDevice> {
                 }),
                 Ok((_, adapter)) => {
                     let mut cpu = ComputeDevice::cpu();
-                    cpu.reason = Some(format!("auto: wgpu chose software adapter {}", adapter.name));
+                    cpu.reason = Some(format!(
+                        "auto: wgpu chose software adapter {}",
+                        adapter.name
+                    ));
                     Ok(cpu)
                 }
                 Err(e) => {

@@ -18,23 +18,39 @@ pub enum Error {
 
     /// A tensor has a dtype the model cannot use.
     #[error("{file}: tensor `{tensor}` has dtype {dtype}; expected F32, F16 or BF16")]
-    BadDtype { file: String, tensor: String, dtype: String },
+    BadDtype {
+        file: String,
+        tensor: String,
+        dtype: String,
+    },
 
     /// A tensor has the wrong shape for the architecture described by the config.
     #[error("{file}: tensor `{tensor}` has shape {found:?}, the config implies {expected:?}")]
-    BadShape { file: String, tensor: String, expected: Vec<usize>, found: Vec<usize> },
+    BadShape {
+        file: String,
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
 
     /// Tensors the architecture needs are absent from the weight file.
     #[error("{file}: missing tensors: {}", list(tensors))]
     MissingTensors { file: String, tensors: Vec<String> },
 
     /// Tensors in the weight file that the architecture does not use.
-    #[error("{file}: tensors not used by the model (wrong model or config?): {}", list(tensors))]
+    #[error(
+        "{file}: tensors not used by the model (wrong model or config?): {}",
+        list(tensors)
+    )]
     UnusedTensors { file: String, tensors: Vec<String> },
 
     /// Any other failure while applying a tensor to the model.
     #[error("{file}: tensor `{tensor}`: {reason}")]
-    BadTensor { file: String, tensor: String, reason: String },
+    BadTensor {
+        file: String,
+        tensor: String,
+        reason: String,
+    },
 
     /// The tokenizer files are missing pieces or are malformed.
     #[error("tokenizer ({file}): {reason}")]
@@ -67,7 +83,12 @@ pub enum Error {
 
 fn list(names: &[String]) -> String {
     const SHOWN: usize = 8;
-    let mut out = names.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
+    let mut out = names
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
     if names.len() > SHOWN {
         out.push_str(&format!(" and {} more", names.len() - SHOWN));
     }

@@ -17,7 +17,10 @@ pub struct ModelFiles {
 
 impl ModelFiles {
     pub fn new(origin: impl Into<String>) -> Self {
-        Self { origin: origin.into(), files: BTreeMap::new() }
+        Self {
+            origin: origin.into(),
+            files: BTreeMap::new(),
+        }
     }
 
     pub fn insert(&mut self, name: impl Into<String>, bytes: Vec<u8>) {
@@ -44,10 +47,14 @@ impl ModelFiles {
 
     /// The first of `names` that is present, or an error naming them all.
     pub fn first_of<'a>(&self, names: &[&'a str]) -> Result<&'a str> {
-        names.iter().copied().find(|n| self.contains(n)).ok_or_else(|| Error::MissingFile {
-            folder: self.origin.clone(),
-            wanted: names.join(" or "),
-        })
+        names
+            .iter()
+            .copied()
+            .find(|n| self.contains(n))
+            .ok_or_else(|| Error::MissingFile {
+                folder: self.origin.clone(),
+                wanted: names.join(" or "),
+            })
     }
 
     /// Parses a JSON file, naming the file on any error.
@@ -56,12 +63,18 @@ impl ModelFiles {
             folder: self.origin.clone(),
             wanted: name.to_string(),
         })?;
-        serde_json::from_slice(bytes)
-            .map_err(|e| Error::BadJson { file: self.label(name), reason: e.to_string() })
+        serde_json::from_slice(bytes).map_err(|e| Error::BadJson {
+            file: self.label(name),
+            reason: e.to_string(),
+        })
     }
 
     /// Parses a JSON file if present.
     pub fn json_opt<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
-        if self.contains(name) { self.json(name).map(Some) } else { Ok(None) }
+        if self.contains(name) {
+            self.json(name).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 }

@@ -18,6 +18,10 @@ use burn::tensor::Tensor;
 
 /// Reads a float tensor back to the host, asynchronously (the only way that works in browsers).
 pub async fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
-    let data = tensor.into_data_async().await.map_err(|e| Error::Readback(format!("{e:?}")))?;
-    data.to_vec::<f32>().map_err(|e| Error::Readback(format!("{e:?}")))
+    let data = tensor
+        .into_data_async()
+        .await
+        .map_err(|e| Error::Readback(format!("{e:?}")))?;
+    data.try_into_vec::<f32>()
+        .map_err(|e| Error::Readback(format!("{e:?}")))
 }

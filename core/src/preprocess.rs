@@ -1,7 +1,8 @@
 //! Images into CLIP pixels, two ways that share one set of resampling weights:
 //! - [`pixels_from_rgb8`]: decoded files, as transformers' `CLIPImageProcessor` (torchvision
-//!   backend) does it: uint8 antialiased bicubic resize of the shortest side (horizontal pass,
-//!   then vertical, uint8 in between), centre crop, rescale, normalise.
+//!   backend) does it: uint8 antialiased bicubic resize of the shortest side in torch's
+//!   fixed-point arithmetic (horizontal pass, then vertical, uint8 in between), centre crop,
+//!   rescale, normalise.
 //! - [`resize_crop_normalize`]: a differentiable in-graph version for float images in [0, 1],
 //!   matching torchvision's `resize(.., BICUBIC, antialias=True)` + `center_crop`, as the reward
 //!   path of noise optimisation needs.
@@ -33,7 +34,12 @@ pub struct ImageProcessorConfig {
 
 impl Default for ImageProcessorConfig {
     fn default() -> Self {
-        Self { shortest_edge: 224, crop: 224, mean: CLIP_MEAN, std: CLIP_STD }
+        Self {
+            shortest_edge: 224,
+            crop: 224,
+            mean: CLIP_MEAN,
+            std: CLIP_STD,
+        }
     }
 }
 
@@ -57,19 +63,32 @@ impl ImageProcessorConfig {
     /// From `preprocessor_config.json` if the folder has one, else CLIP's defaults.
     pub fn from_files(files: &ModelFiles) -> Result<Self> {
         const NAME: &str = "preprocessor_config.json";
-        let Some(raw) = files.json_opt::<RawProcessorConfig>(NAME)? else { return Ok(Self::default()) };
-        let bad = |reason: String| Error::BadJson { file: files.label(NAME), reason };
+        let Some(raw) = files.json_opt::<RawProcessorConfig>(NAME)? else {
+            return Ok(Self::default());
+        };
+        let bad = |reason: String| Error::BadJson {
+            file: files.label(NAME),
+            reason,
+        };
         let side = |spec: SizeSpec, what: &str| match spec {
             SizeSpec::Square(n) | SizeSpec::Shortest { shortest_edge: n } => Ok(n),
             SizeSpec::HeightWidth { height, width } if height == width => Ok(height),
-            SizeSpec::HeightWidth { height, width } => {
-                Err(bad(format!("{what} {height}x{width}: only square sizes are supported")))
-            }
+            SizeSpec::HeightWidth { height, width } => Err(bad(format!(
+                "{what} {height}x{width}: only square sizes are supported"
+            ))),
         };
         let d = Self::default();
         let cfg = Self {
-            shortest_edge: raw.size.map(|s| side(s, "size")).transpose()?.unwrap_or(d.shortest_edge),
-            crop: raw.crop_size.map(|s| side(s, "crop_size")).transpose()?.unwrap_or(d.crop),
+            shortest_edge: raw
+                .size
+                .map(|s| side(s, "size"))
+                .transpose()?
+                .unwrap_or(d.shortest_edge),
+            crop: raw
+                .crop_size
+                .map(|s| side(s, "crop_size"))
+                .transpose()?
+                .unwrap_or(d.crop),
             mean: raw.image_mean.unwrap_or(d.mean),
             std: raw.image_std.unwrap_or(d.std),
         };
@@ -82,16 +101,25 @@ impl ImageProcessorConfig {
 
 /// Decodes a PNG or JPEG file to RGB (alpha dropped, as PIL's `convert("RGB")`).
 pub fn decode_rgb(name: &str, bytes: &[u8]) -> Result<RgbImage> {
-    let bad = |reason: String| Error::BadImage { name: name.to_string(), reason };
+    let bad = |reason: String| Error::BadImage {
+        name: name.to_string(),
+        reason,
+    };
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| bad(e.to_string()))?;
     if reader.format().is_none() {
         return Err(bad("not a PNG or JPEG file".into()));
     }
-    let img = reader.decode().map_err(|e| bad(format!("cannot decode: {e}")))?;
+    let img = reader
+        .decode()
+        .map_err(|e| bad(format!("cannot decode: {e}")))?;
     if img.width() == 0 || img.height() == 0 || img.width() > MAX_SIDE || img.height() > MAX_SIDE {
-        return Err(bad(format!("size {}x{} is out of range (1..={MAX_SIDE})", img.width(), img.height())));
+        return Err(bad(format!(
+            "size {}x{} is out of range (1..={MAX_SIDE})",
+            img.width(),
+            img.height()
+        )));
     }
     Ok(img.to_rgb8())
 }
@@ -130,7 +158,9 @@ pub fn resize_matrix(in_size: usize, out_size: usize, first: usize, count: usize
         let center = scale * (i as f64 + 0.5);
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-        let weights: Vec<f64> = (xmin..xmax).map(|j| aa_bicubic((j as f64 - center + 0.5) * invscale)).collect();
+        let weights: Vec<f64> = (xmin..xmax)
+            .map(|j| aa_bicubic((j as f64 - center + 0.5) * invscale))
+            .collect();
         let total: f64 = weights.iter().sum();
         for (j, w) in (xmin..xmax).zip(weights) {
             m[row * in_size + j] = if total != 0.0 { w / total } else { w };
@@ -148,45 +178,82 @@ fn crop_offset_floor(size: usize, crop: usize) -> usize {
 fn crop_offset_round(size: usize, crop: usize) -> usize {
     let d = size - crop;
     let half = d / 2;
-    if d % 2 == 1 && half % 2 == 1 { half + 1 } else { half }
+    if d % 2 == 1 && half % 2 == 1 {
+        half + 1
+    } else {
+        half
+    }
+}
+
+/// Resize weights as torch's uint8 antialiasing kernels use them: int16 values scaled by
+/// 2^precision, the precision being the largest (below 22) at which the biggest weight still
+/// fits in 15 bits (aten `_compute_index_ranges_int16_weights`).
+fn fixed_point(weights: &[f64]) -> (Vec<i64>, u32) {
+    let max = weights.iter().fold(0.0f64, |m, &w| m.max(w));
+    let mut precision = 0;
+    while precision < 22 && ((0.5 + max * f64::from(1u32 << (precision + 1))) as i64) < (1 << 15) {
+        precision += 1;
+    }
+    let scale = f64::from(1u32 << precision);
+    let ints = weights
+        .iter()
+        .map(|&w| {
+            let v = w * scale;
+            if v < 0.0 {
+                (-0.5 + v) as i64
+            } else {
+                (0.5 + v) as i64
+            }
+        })
+        .collect();
+    (ints, precision)
+}
+
+/// One fixed-point output value: rounded, shifted and clamped to uint8 as torch does.
+fn fixed_point_pixel(acc: i64, precision: u32) -> i64 {
+    ((acc + (1 << (precision - 1))) >> precision).clamp(0, 255)
 }
 
 /// `CLIPImageProcessor` on a decoded image: `[3, crop, crop]` normalised pixels, row-major.
 pub fn pixels_from_rgb8(img: &RgbImage, cfg: &ImageProcessorConfig) -> Vec<f32> {
     let (h, w) = (img.height() as usize, img.width() as usize);
     let (rh, rw) = shortest_side_size(h, w, cfg.shortest_edge);
-    let (top, left) = (crop_offset_floor(rh, cfg.crop), crop_offset_floor(rw, cfg.crop));
+    let (top, left) = (
+        crop_offset_floor(rh, cfg.crop),
+        crop_offset_floor(rw, cfg.crop),
+    );
     let (c, src) = (cfg.crop, img.as_raw());
-    let wx = resize_matrix(w, rw, left, c);
-    let wy = resize_matrix(h, rh, top, c);
-    let to_u8 = |v: f64| (v + 0.5).floor().clamp(0.0, 255.0);
+    // The precision depends on the largest weight of the whole axis, so compute every row
+    // and keep the cropped ones.
+    let (wx, px) = fixed_point(&resize_matrix(w, rw, 0, rw));
+    let (wy, py) = fixed_point(&resize_matrix(h, rh, 0, rh));
     let mut out = vec![0.0f32; 3 * c * c];
-    let mut rows = vec![0.0f64; h * c];
+    let mut rows = vec![0i64; h * c];
     for ch in 0..3 {
-        // Horizontal pass over every source row, rounded to uint8 as torch does.
+        // Horizontal pass over every source row, back to uint8.
         for y in 0..h {
             for x in 0..c {
-                let weights = &wx[x * w..(x + 1) * w];
-                let mut acc = 0.0;
-                for (sx, wgt) in weights.iter().enumerate() {
-                    if *wgt != 0.0 {
-                        acc += wgt * src[(y * w + sx) * 3 + ch] as f64;
-                    }
-                }
-                rows[y * c + x] = to_u8(acc);
+                let weights = &wx[(left + x) * w..(left + x + 1) * w];
+                let acc: i64 = weights
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, wgt)| **wgt != 0)
+                    .map(|(sx, wgt)| wgt * i64::from(src[(y * w + sx) * 3 + ch]))
+                    .sum();
+                rows[y * c + x] = fixed_point_pixel(acc, px);
             }
         }
-        // Vertical pass, rounded again, then rescale and normalise.
+        // Vertical pass, back to uint8, then rescale and normalise.
         for y in 0..c {
-            let weights = &wy[y * h..(y + 1) * h];
+            let weights = &wy[(top + y) * h..(top + y + 1) * h];
             for x in 0..c {
-                let mut acc = 0.0;
-                for (sy, wgt) in weights.iter().enumerate() {
-                    if *wgt != 0.0 {
-                        acc += wgt * rows[sy * c + x];
-                    }
-                }
-                let v = to_u8(acc) as f32 / 255.0;
+                let acc: i64 = weights
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, wgt)| **wgt != 0)
+                    .map(|(sy, wgt)| wgt * rows[sy * c + x])
+                    .sum();
+                let v = fixed_point_pixel(acc, py) as f32 / 255.0;
                 out[(ch * c + y) * c + x] = (v - cfg.mean[ch]) / cfg.std[ch];
             }
         }
@@ -197,7 +264,10 @@ pub fn pixels_from_rgb8(img: &RgbImage, cfg: &ImageProcessorConfig) -> Vec<f32> 
 /// Batches decoded images into a `[n, 3, crop, crop]` tensor.
 pub fn pixel_batch(images: &[RgbImage], cfg: &ImageProcessorConfig, device: &Device) -> Tensor<4> {
     let c = cfg.crop;
-    let data: Vec<f32> = images.iter().flat_map(|img| pixels_from_rgb8(img, cfg)).collect();
+    let data: Vec<f32> = images
+        .iter()
+        .flat_map(|img| pixels_from_rgb8(img, cfg))
+        .collect();
     Tensor::from_data(TensorData::new(data, [images.len(), 3, c, c]), device)
 }
 
@@ -218,8 +288,17 @@ pub fn resize_crop_normalize(images: Tensor<4>, cfg: &ImageProcessorConfig) -> T
     };
     let wy = as_tensor(resize_matrix(h, rh, crop_offset_round(rh, c), c), c, h);
     let wx = as_tensor(resize_matrix(w, rw, crop_offset_round(rw, c), c), c, w);
-    let x = images.matmul(wx.transpose().unsqueeze_dim::<3>(0).unsqueeze_dim::<4>(0).expand([b, ch, w, c]));
-    let x = wy.unsqueeze_dim::<3>(0).unsqueeze_dim::<4>(0).expand([b, ch, c, h]).matmul(x);
+    let x = images.matmul(
+        wx.transpose()
+            .unsqueeze_dim::<3>(0)
+            .unsqueeze_dim::<4>(0)
+            .expand([b, ch, w, c]),
+    );
+    let x = wy
+        .unsqueeze_dim::<3>(0)
+        .unsqueeze_dim::<4>(0)
+        .expand([b, ch, c, h])
+        .matmul(x);
     let mean = Tensor::<1>::from_floats(cfg.mean, &device).reshape([1, 3, 1, 1]);
     let std = Tensor::<1>::from_floats(cfg.std, &device).reshape([1, 3, 1, 1]);
     (x - mean) / std
@@ -238,7 +317,10 @@ mod tests {
         let id = resize_matrix(5, 5, 0, 5);
         for (i, row) in id.chunks(5).enumerate() {
             for (j, v) in row.iter().enumerate() {
-                assert!((v - if i == j { 1.0 } else { 0.0 }).abs() < 1e-12, "{i},{j}: {v}");
+                assert!(
+                    (v - if i == j { 1.0 } else { 0.0 }).abs() < 1e-12,
+                    "{i},{j}: {v}"
+                );
             }
         }
     }

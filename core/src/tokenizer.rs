@@ -65,11 +65,18 @@ impl ClipTokenizer {
     /// optional `tokenizer_config.json` and `special_tokens_map.json`). `files` are the folder's.
     pub fn from_files(files: &ModelFiles) -> Result<Self> {
         let config: TokenizerConfig = files.json_opt("tokenizer_config.json")?.unwrap_or_default();
-        let special: SpecialTokensMap = files.json_opt("special_tokens_map.json")?.unwrap_or_default();
-        let pad = special.pad_token.as_ref().or(config.pad_token.as_ref()).map(TokenSpec::content);
+        let special: SpecialTokensMap = files
+            .json_opt("special_tokens_map.json")?
+            .unwrap_or_default();
+        let pad = special
+            .pad_token
+            .as_ref()
+            .or(config.pad_token.as_ref())
+            .map(TokenSpec::content);
         let pad = pad.unwrap_or(EOS).to_string();
         let (inner, source) = if let Some(json) = files.get("tokenizer.json") {
-            let tok = Tokenizer::from_bytes(json).map_err(|e| tok_error(files, "tokenizer.json", e))?;
+            let tok =
+                Tokenizer::from_bytes(json).map_err(|e| tok_error(files, "tokenizer.json", e))?;
             (tok, "tokenizer.json")
         } else {
             let vocab = files.get("vocab.json").ok_or_else(|| Error::MissingFile {
@@ -103,7 +110,13 @@ impl ClipTokenizer {
             .with_truncation(None)
             .map_err(|e| tok_error(files, source, e))?
             .with_padding(None);
-        Ok(Self { inner, max_length, pad_id, bos_id, eos_id })
+        Ok(Self {
+            inner,
+            max_length,
+            pad_id,
+            bos_id,
+            eos_id,
+        })
     }
 
     /// Token ids with start/end tokens, without padding or truncation.
@@ -135,29 +148,48 @@ impl ClipTokenizer {
         }
         let eos_index = ids.len() - 1;
         ids.resize(self.max_length, self.pad_id);
-        Ok(TokenizedPrompt { ids, eos_index, truncated })
+        Ok(TokenizedPrompt {
+            ids,
+            eos_index,
+            truncated,
+        })
     }
 }
 
 fn tok_error(files: &ModelFiles, name: &str, e: impl std::fmt::Display) -> Error {
-    Error::Tokenizer { file: files.label(name), reason: e.to_string() }
+    Error::Tokenizer {
+        file: files.label(name),
+        reason: e.to_string(),
+    }
 }
 
 /// The tokenizer that transformers 5's `CLIPTokenizer` builds from vocab.json + merges.txt.
 ///
 /// transformers registers a pad token other than `<|endoftext|>` (SD 2.x's `!`) as an added
 /// special token, so a literal `!` in a prompt becomes the pad id: we do the same.
-fn clip_tokenizer_json(files: &ModelFiles, vocab: &[u8], merges: &[u8], pad: &str) -> Result<Value> {
-    let vocab: Value = serde_json::from_slice(vocab)
-        .map_err(|e| Error::BadJson { file: files.label("vocab.json"), reason: e.to_string() })?;
+fn clip_tokenizer_json(
+    files: &ModelFiles,
+    vocab: &[u8],
+    merges: &[u8],
+    pad: &str,
+) -> Result<Value> {
+    let vocab: Value = serde_json::from_slice(vocab).map_err(|e| Error::BadJson {
+        file: files.label("vocab.json"),
+        reason: e.to_string(),
+    })?;
     let merges = std::str::from_utf8(merges).map_err(|e| tok_error(files, "merges.txt", e))?;
-    let merges: Vec<&str> =
-        merges.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).collect();
+    let merges: Vec<&str> = merges
+        .lines()
+        .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
+        .collect();
     let id_of = |token: &str| {
-        vocab.get(token).and_then(Value::as_u64).ok_or_else(|| Error::Tokenizer {
-            file: files.label("vocab.json"),
-            reason: format!("the vocabulary has no `{token}`"),
-        })
+        vocab
+            .get(token)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| Error::Tokenizer {
+                file: files.label("vocab.json"),
+                reason: format!("the vocabulary has no `{token}`"),
+            })
     };
     let (bos_id, eos_id) = (id_of(BOS)?, id_of(EOS)?);
     let added = |id: u64, content: &str| {

@@ -26,22 +26,34 @@ pub struct TensorInfo {
 
 /// Reads and validates a safetensors header: every tensor's dtype and shape.
 pub fn inspect(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, TensorInfo>> {
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::CorruptWeights { file: file.to_string(), reason: e.to_string() })?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::CorruptWeights {
+        file: file.to_string(),
+        reason: e.to_string(),
+    })?;
     Ok(st
         .tensors()
         .into_iter()
         .map(|(name, view)| {
-            (name, TensorInfo { dtype: format!("{:?}", view.dtype()), shape: view.shape().to_vec() })
+            (
+                name,
+                TensorInfo {
+                    dtype: format!("{:?}", view.dtype()),
+                    shape: view.shape().to_vec(),
+                },
+            )
         })
         .collect())
 }
 
 /// Reads a single-element float tensor (e.g. CLIP's `logit_scale`), if the file has it.
 pub fn read_scalar(file: &str, bytes: &[u8], name: &str) -> Result<Option<f32>> {
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::CorruptWeights { file: file.to_string(), reason: e.to_string() })?;
-    let Ok(view) = st.tensor(name) else { return Ok(None) };
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::CorruptWeights {
+        file: file.to_string(),
+        reason: e.to_string(),
+    })?;
+    let Ok(view) = st.tensor(name) else {
+        return Ok(None);
+    };
     let data = view.data();
     let bad = |reason: &str| Error::BadTensor {
         file: file.to_string(),
@@ -53,7 +65,9 @@ pub fn read_scalar(file: &str, bytes: &[u8], name: &str) -> Result<Option<f32>> 
     }
     let value = match view.dtype() {
         Dtype::F32 => f32::from_le_bytes(data.try_into().map_err(|_| bad("truncated"))?),
-        Dtype::F16 => half::f16::from_le_bytes(data.try_into().map_err(|_| bad("truncated"))?).to_f32(),
+        Dtype::F16 => {
+            half::f16::from_le_bytes(data.try_into().map_err(|_| bad("truncated"))?).to_f32()
+        }
         Dtype::BF16 => {
             half::bf16::from_le_bytes(data.try_into().map_err(|_| bad("truncated"))?).to_f32()
         }
@@ -95,41 +109,63 @@ pub fn load_into<M: Module + ModuleSnapshot>(
         }
     }
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
-        .with_from_adapter(ChainAdapter::new(PyTorchToBurnAdapter, FloatCastAdapter::to(DType::F32)))
+        .with_from_adapter(ChainAdapter::new(
+            PyTorchToBurnAdapter,
+            FloatCastAdapter::to(DType::F32),
+        ))
         .allow_partial(true)
         .validate(false);
-    let result = module.load_from(&mut store).map_err(|e| Error::CorruptWeights {
-        file: file.to_string(),
-        reason: e.to_string(),
-    })?;
+    let result = module
+        .load_from(&mut store)
+        .map_err(|e| Error::CorruptWeights {
+            file: file.to_string(),
+            reason: e.to_string(),
+        })?;
     if let Some(error) = result.errors.first() {
         return Err(match error {
             ApplyError::ShapeMismatch { path, expected, .. } => Error::BadShape {
                 file: file.to_string(),
                 tensor: path.clone(),
                 // burn stores Linear weights as [in, out]; report what the file should hold.
-                expected: file_layout(&header, path, expected.dims.clone()),
-                found: header.get(path).map(|i| i.shape.clone()).unwrap_or_default(),
+                expected: file_layout(&header, path, expected.to_vec()),
+                found: header
+                    .get(path)
+                    .map(|i| i.shape.clone())
+                    .unwrap_or_default(),
             },
             ApplyError::DTypeMismatch { path, found, .. } => Error::BadDtype {
                 file: file.to_string(),
                 tensor: path.clone(),
                 dtype: format!("{found:?}"),
             },
-            ApplyError::AdapterError { path, message } | ApplyError::LoadError { path, message } => {
-                Error::BadTensor { file: file.to_string(), tensor: path.clone(), reason: message.clone() }
-            }
+            ApplyError::AdapterError { path, message }
+            | ApplyError::LoadError { path, message } => Error::BadTensor {
+                file: file.to_string(),
+                tensor: path.clone(),
+                reason: message.clone(),
+            },
         });
     }
     if !result.missing.is_empty() {
         return Err(Error::MissingTensors {
             file: file.to_string(),
-            tensors: result.missing.iter().map(|(path, _)| pytorch_name(path)).collect(),
+            tensors: result
+                .missing
+                .iter()
+                .map(|(path, _)| pytorch_name(path))
+                .collect(),
         });
     }
-    let unused: Vec<String> = result.unused.into_iter().filter(|n| !tolerated(n)).collect();
+    let unused: Vec<String> = result
+        .unused
+        .into_iter()
+        .filter(|n| !tolerated(n))
+        .collect();
     if !unused.is_empty() {
-        return Err(Error::UnusedTensors { file: file.to_string(), tensors: unused });
+        return Err(Error::UnusedTensors {
+            file: file.to_string(),
+            tensors: unused,
+        });
     }
     Ok(module)
 }
@@ -146,9 +182,17 @@ fn pytorch_name(path: &str) -> String {
 }
 
 /// burn reports a Linear weight's expected shape as [in, out]; the file holds [out, in].
-fn file_layout(header: &BTreeMap<String, TensorInfo>, path: &str, burn_dims: Vec<usize>) -> Vec<usize> {
+fn file_layout(
+    header: &BTreeMap<String, TensorInfo>,
+    path: &str,
+    burn_dims: Vec<usize>,
+) -> Vec<usize> {
     let found_rank = header.get(path).map(|i| i.shape.len());
-    if burn_dims.len() == 2 && found_rank == Some(2) && path.ends_with(".weight") && !path.contains("embedding") {
+    if burn_dims.len() == 2
+        && found_rank == Some(2)
+        && path.ends_with(".weight")
+        && !path.contains("embedding")
+    {
         vec![burn_dims[1], burn_dims[0]]
     } else {
         burn_dims

@@ -10,7 +10,11 @@ use tastebud_core::preprocess::decode_rgb;
 use tastebud_core::{ComputeDevice, DeviceChoice, ModelFiles, device};
 
 #[derive(Parser)]
-#[command(name = "tastebud", version, about = "Generate, score and steer images on your own GPU.")]
+#[command(
+    name = "tastebud",
+    version,
+    about = "Generate, score and steer images on your own GPU."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,9 +53,14 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Score { model, prompt, device, truncate, json, images } => {
-            score(&model, &prompt, &device, truncate, json, &images)
-        }
+        Command::Score {
+            model,
+            prompt,
+            device,
+            truncate,
+            json,
+            images,
+        } => score(&model, &prompt, &device, truncate, json, &images),
         Command::Devices { json } => devices(json),
     }
 }
@@ -59,13 +68,17 @@ fn main() -> Result<()> {
 /// Reads the files of `names` that exist in `folder`.
 fn read_model_folder(folder: &Path, names: &[&str]) -> Result<ModelFiles> {
     if !folder.is_dir() {
-        bail!("{}: not a folder (expected a model folder with config.json)", folder.display());
+        bail!(
+            "{}: not a folder (expected a model folder with config.json)",
+            folder.display()
+        );
     }
     let mut files = ModelFiles::new(folder.display().to_string());
     for name in names {
         let path = folder.join(name);
         if path.is_file() {
-            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             files.insert(*name, bytes);
         }
     }
@@ -79,12 +92,20 @@ fn open_device(choice: &str) -> Result<ComputeDevice> {
     Ok(device)
 }
 
-fn score(model: &Path, prompt: &str, device: &str, truncate: bool, json: bool, images: &[PathBuf]) -> Result<()> {
+fn score(
+    model: &Path,
+    prompt: &str,
+    device: &str,
+    truncate: bool,
+    json: bool,
+    images: &[PathBuf],
+) -> Result<()> {
     // Check the cheap things (files, prompt) before starting a device or loading weights.
     let decoded = images
         .iter()
         .map(|path| {
-            let bytes = std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
             Ok(decode_rgb(&path.display().to_string(), &bytes)?)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -127,8 +148,15 @@ fn devices(json: bool) -> Result<()> {
         println!("gpu   no wgpu adapter found (install a Vulkan/Metal/DX12 driver)");
     }
     for a in &adapters {
-        let note = if a.is_hardware() { "" } else { "  (software rasterizer: auto skips it)" };
-        println!("gpu   {} [{}, {}] {}{}  --device gpu", a.name, a.api, a.kind, a.driver, note);
+        let note = if a.is_hardware() {
+            ""
+        } else {
+            "  (software rasterizer: auto skips it)"
+        };
+        println!(
+            "gpu   {} [{}, {}] {}{}  --device gpu",
+            a.name, a.api, a.kind, a.driver, note
+        );
     }
     Ok(())
 }

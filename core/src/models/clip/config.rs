@@ -94,7 +94,12 @@ impl ClipConfig {
     pub fn validate(&self, file: &str) -> Result<()> {
         let t = &self.text_config;
         let v = &self.vision_config;
-        let bad = |reason: String| Err(Error::BadJson { file: file.to_string(), reason });
+        let bad = |reason: String| {
+            Err(Error::BadJson {
+                file: file.to_string(),
+                reason,
+            })
+        };
         if t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0 {
             return bad(format!(
                 "text hidden_size {} is not divisible by num_attention_heads {}",
@@ -119,20 +124,54 @@ impl ClipConfig {
     }
 }
 
-fn d_vocab() -> usize { 49408 }
-fn d_text_hidden() -> usize { 512 }
-fn d_text_mlp() -> usize { 2048 }
-fn d_projection() -> usize { 512 }
-fn d_layers() -> usize { 12 }
-fn d_text_heads() -> usize { 8 }
-fn d_positions() -> usize { 77 }
-fn d_act() -> String { "quick_gelu".into() }
-fn d_eps() -> f64 { 1e-5 }
-fn d_eos() -> i64 { 2 }
-fn d_vision_hidden() -> usize { 768 }
-fn d_vision_mlp() -> usize { 3072 }
-fn d_vision_heads() -> usize { 12 }
-fn d_channels() -> usize { 3 }
-fn d_image() -> usize { 224 }
-fn d_patch() -> usize { 32 }
-fn d_logit_scale() -> f32 { 2.6592 }
+fn d_vocab() -> usize {
+    49408
+}
+fn d_text_hidden() -> usize {
+    512
+}
+fn d_text_mlp() -> usize {
+    2048
+}
+fn d_projection() -> usize {
+    512
+}
+fn d_layers() -> usize {
+    12
+}
+fn d_text_heads() -> usize {
+    8
+}
+fn d_positions() -> usize {
+    77
+}
+fn d_act() -> String {
+    "quick_gelu".into()
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_eos() -> i64 {
+    2
+}
+fn d_vision_hidden() -> usize {
+    768
+}
+fn d_vision_mlp() -> usize {
+    3072
+}
+fn d_vision_heads() -> usize {
+    12
+}
+fn d_channels() -> usize {
+    3
+}
+fn d_image() -> usize {
+    224
+}
+fn d_patch() -> usize {
+    32
+}
+fn d_logit_scale() -> f32 {
+    2.6592
+}

@@ -21,7 +21,13 @@ pub struct ClipAttention {
 impl ClipAttention {
     pub fn new(hidden: usize, num_heads: usize, device: &Device) -> Self {
         let linear = || LinearConfig::new(hidden, hidden).init(device);
-        Self { q_proj: linear(), k_proj: linear(), v_proj: linear(), out_proj: linear(), num_heads }
+        Self {
+            q_proj: linear(),
+            k_proj: linear(),
+            v_proj: linear(),
+            out_proj: linear(),
+            num_heads,
+        }
     }
 
     /// # Shapes
@@ -30,7 +36,10 @@ impl ClipAttention {
     pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4>>) -> Tensor<3> {
         let [batch, seq, hidden] = x.dims();
         let head_dim = hidden / self.num_heads;
-        let heads = |t: Tensor<3>| t.reshape([batch, seq, self.num_heads, head_dim]).swap_dims(1, 2);
+        let heads = |t: Tensor<3>| {
+            t.reshape([batch, seq, self.num_heads, head_dim])
+                .swap_dims(1, 2)
+        };
         // transformers scales q before the product.
         let q = heads(self.q_proj.forward(x.clone()) * (head_dim as f64).powf(-0.5));
         let k = heads(self.k_proj.forward(x.clone()));
@@ -39,7 +48,10 @@ impl ClipAttention {
         if let Some(mask) = mask {
             scores = scores + mask;
         }
-        let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([batch, seq, hidden]);
+        let out = softmax(scores, 3)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([batch, seq, hidden]);
         self.out_proj.forward(out)
     }
 }
@@ -92,7 +104,11 @@ pub struct EncoderDims {
 
 impl ClipEncoder {
     pub fn new(d: EncoderDims, device: &Device) -> Self {
-        let norm = || LayerNormConfig::new(d.hidden).with_epsilon(d.eps).init(device);
+        let norm = || {
+            LayerNormConfig::new(d.hidden)
+                .with_epsilon(d.eps)
+                .init(device)
+        };
         let layers = (0..d.layers)
             .map(|_| ClipEncoderLayer {
                 self_attn: ClipAttention::new(d.hidden, d.heads, device),
@@ -109,9 +125,16 @@ impl ClipEncoder {
     }
 
     /// Runs the first `depth` layers (all of them when `depth` is None).
-    pub fn forward(&self, mut x: Tensor<3>, mask: Option<Tensor<4>>, depth: Option<usize>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        mut x: Tensor<3>,
+        mask: Option<Tensor<4>>,
+        depth: Option<usize>,
+    ) -> Tensor<3> {
         for layer in self.layers.iter().take(depth.unwrap_or(self.layers.len())) {
-            let h = layer.self_attn.forward(layer.layer_norm1.forward(x.clone()), mask.clone());
+            let h = layer
+                .self_attn
+                .forward(layer.layer_norm1.forward(x.clone()), mask.clone());
             x = x + h;
             let h = layer.mlp.forward(layer.layer_norm2.forward(x.clone()));
             x = x + h;

@@ -8,7 +8,7 @@ pub mod vision;
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use image::RgbImage;
 use serde::Serialize;
 
@@ -49,10 +49,22 @@ impl ClipModel {
         let t = &c.text_config;
         let v = &c.vision_config;
         Ok(Self {
-            text_model: ClipTextTransformer::new(t, Activation::parse(&t.hidden_act, file)?, device),
-            vision_model: ClipVisionTransformer::new(v, Activation::parse(&v.hidden_act, file)?, device),
-            text_projection: LinearConfig::new(t.hidden_size, c.projection_dim).with_bias(false).init(device),
-            visual_projection: LinearConfig::new(v.hidden_size, c.projection_dim).with_bias(false).init(device),
+            text_model: ClipTextTransformer::new(
+                t,
+                Activation::parse(&t.hidden_act, file)?,
+                device,
+            ),
+            vision_model: ClipVisionTransformer::new(
+                v,
+                Activation::parse(&v.hidden_act, file)?,
+                device,
+            ),
+            text_projection: LinearConfig::new(t.hidden_size, c.projection_dim)
+                .with_bias(false)
+                .init(device),
+            visual_projection: LinearConfig::new(v.hidden_size, c.projection_dim)
+                .with_bias(false)
+                .init(device),
         })
     }
 }
@@ -110,8 +122,20 @@ impl Clip {
         let logit_scale = weights::read_scalar(&weights_file, &bytes, "logit_scale")?
             .unwrap_or(config.logit_scale_init_value);
         let model = ClipModel::new(&config, &config_file, device)?;
-        let model = weights::load_into(model, &weights_file, bytes, &["position_ids", "logit_scale"])?;
-        Ok(Self { model, config, tokenizer, image_config, logit_scale, device: device.clone() })
+        let model = weights::load_into(
+            model,
+            &weights_file,
+            bytes,
+            &["position_ids", "logit_scale"],
+        )?;
+        Ok(Self {
+            model,
+            config,
+            tokenizer,
+            image_config,
+            logit_scale,
+            device: device.clone(),
+        })
     }
 
     /// Tokenizes a prompt for this model; an empty prompt is an error (nothing to score).
@@ -132,11 +156,9 @@ impl Clip {
 
     /// Projected (unnormalised) text embeddings, `[prompts, projection_dim]`.
     pub fn text_embeds(&self, prompts: &[TokenizedPrompt]) -> Tensor<2> {
-        let seq = prompts.first().map_or(0, |p| p.ids.len());
-        let ids: Vec<i64> = prompts.iter().flat_map(|p| p.ids.iter().map(|&i| i as i64)).collect();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [prompts.len(), seq]), &self.device);
+        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
         let eos: Vec<usize> = prompts.iter().map(|p| p.eos_index).collect();
-        let out = self.model.text_model.forward(ids, &eos);
+        let out = self.model.text_model.forward(&ids, &eos, &self.device);
         self.model.text_projection.forward(out.pooled)
     }
 
@@ -150,7 +172,9 @@ impl Clip {
         if c != 3 || h != size || w != size {
             return Err(Error::BadArgument {
                 argument: "pixels".into(),
-                reason: format!("shape [_, {c}, {h}, {w}], the vision model takes [_, 3, {size}, {size}]"),
+                reason: format!(
+                    "shape [_, {c}, {h}, {w}], the vision model takes [_, 3, {size}, {size}]"
+                ),
             });
         }
         let pooled = self.model.vision_model.forward(pixels);
@@ -164,15 +188,29 @@ impl Clip {
     }
 
     /// CLIPScore of decoded images against one prompt.
-    pub async fn score(&self, prompt: &str, images: &[RgbImage], truncate: bool) -> Result<Vec<ClipScore>> {
+    pub async fn score(
+        &self,
+        prompt: &str,
+        images: &[RgbImage],
+        truncate: bool,
+    ) -> Result<Vec<ClipScore>> {
         if images.is_empty() {
-            return Err(Error::BadArgument { argument: "images".into(), reason: "no image to score".into() });
+            return Err(Error::BadArgument {
+                argument: "images".into(),
+                reason: "no image to score".into(),
+            });
         }
         let tokens = self.tokenize(prompt, truncate)?;
         let text = self.text_embeds(&[tokens]);
         let image = self.image_embeds(pixel_batch(images, &self.image_config, &self.device))?;
         let cosine = read_f32(Self::cosine(image, text)).await?;
         let scale = self.logit_scale.exp();
-        Ok(cosine.into_iter().map(|c| ClipScore { cosine: c, logit: scale * c }).collect())
+        Ok(cosine
+            .into_iter()
+            .map(|c| ClipScore {
+                cosine: c,
+                logit: scale * c,
+            })
+            .collect())
     }
 }

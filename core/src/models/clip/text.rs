@@ -1,5 +1,9 @@
 //! CLIP's text tower (`CLIPTextTransformer`): token + position embeddings, a causal
 //! pre-norm transformer and a final LayerNorm; pooled at the end-of-text token.
+//!
+//! The token embedding table stays in host memory (the CPU backend): a real one is 152 MB
+//! (ViT-L) to 253 MB (bigG) in f32, more than the 128 MiB a WebGPU or lavapipe storage
+//! binding may hold, and a prompt only needs 77 of its rows.
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
@@ -34,7 +38,8 @@ impl ClipTextTransformer {
     pub fn new(c: &ClipTextConfig, activation: Activation, device: &Device) -> Self {
         Self {
             embeddings: ClipTextEmbeddings {
-                token_embedding: EmbeddingConfig::new(c.vocab_size, c.hidden_size).init(device),
+                token_embedding: EmbeddingConfig::new(c.vocab_size, c.hidden_size)
+                    .init(&Device::flex()),
                 position_embedding: EmbeddingConfig::new(c.max_position_embeddings, c.hidden_size)
                     .init(device),
             },
@@ -49,7 +54,9 @@ impl ClipTextTransformer {
                 },
                 device,
             ),
-            final_layer_norm: LayerNormConfig::new(c.hidden_size).with_epsilon(c.layer_norm_eps).init(device),
+            final_layer_norm: LayerNormConfig::new(c.hidden_size)
+                .with_epsilon(c.layer_norm_eps)
+                .init(device),
         }
     }
 
@@ -60,24 +67,50 @@ impl ClipTextTransformer {
     /// Runs the tower on token ids (already checked against the vocabulary and length).
     ///
     /// # Shapes
-    /// - ids: `[batch, seq]` with `seq <= max_position_embeddings`; `eos_index[b]` in `0..seq`
-    pub fn forward(&self, ids: Tensor<2, Int>, eos_index: &[usize]) -> TextOutput {
-        let [batch, seq] = ids.dims();
-        let device = ids.device();
-        let positions = self.embeddings.position_embedding.weight.val().narrow(0, 0, seq);
-        let x = self.embeddings.token_embedding.forward(ids) + positions.unsqueeze_dim::<3>(0);
-        let x = self.encoder.forward(x, Some(causal_mask(seq, &device)), None);
+    /// - ids: `batch` rows of `seq <= max_position_embeddings` ids; `eos_index[b]` in `0..seq`
+    pub fn forward(&self, ids: &[Vec<u32>], eos_index: &[usize], device: &Device) -> TextOutput {
+        let (batch, seq) = (ids.len(), ids.first().map_or(0, Vec::len));
+        let flat: Vec<i64> = ids.iter().flatten().map(|&i| i64::from(i)).collect();
+        let table = &self.embeddings.token_embedding;
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(flat, [batch, seq]),
+            &table.weight.device(),
+        );
+        let tokens = table.forward(ids).to_device(device);
+        let positions = self
+            .embeddings
+            .position_embedding
+            .weight
+            .val()
+            .narrow(0, 0, seq);
+        let x = tokens + positions.unsqueeze_dim::<3>(0);
+        let x = self
+            .encoder
+            .forward(x, Some(causal_mask(seq, device)), None);
         let hidden = x.dims()[2];
         let last_hidden_state = self.final_layer_norm.forward(x);
-        let rows: Vec<i64> = eos_index.iter().enumerate().map(|(b, &e)| (b * seq + e) as i64).collect();
-        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [batch]), &device);
-        let pooled = last_hidden_state.clone().reshape([batch * seq, hidden]).select(0, rows);
-        TextOutput { last_hidden_state, pooled }
+        let rows: Vec<i64> = eos_index
+            .iter()
+            .enumerate()
+            .map(|(b, &e)| (b * seq + e) as i64)
+            .collect();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [batch]), device);
+        let pooled = last_hidden_state
+            .clone()
+            .reshape([batch * seq, hidden])
+            .select(0, rows);
+        TextOutput {
+            last_hidden_state,
+            pooled,
+        }
     }
 }
 
 /// Additive causal mask `[1, 1, seq, seq]`: -inf above the diagonal.
 fn causal_mask(seq: usize, device: &Device) -> Tensor<4> {
-    let future = Tensor::<2, Bool>::triu_mask([seq, seq], 1, device);
-    Tensor::<2>::zeros([seq, seq], device).mask_fill(future, f32::NEG_INFINITY).reshape([1, 1, seq, seq])
+    // burn's `tril_mask` is true where a lower-triangular matrix is zero: the future tokens.
+    let future = Tensor::<2, Bool>::tril_mask([seq, seq], 0, device);
+    Tensor::<2>::zeros([seq, seq], device)
+        .mask_fill(future, f32::NEG_INFINITY)
+        .reshape([1, 1, seq, seq])
 }

@@ -29,14 +29,21 @@ pub struct ClipVisionTransformer {
 impl ClipVisionTransformer {
     pub fn new(c: &ClipVisionConfig, activation: Activation, device: &Device) -> Self {
         let patches = (c.image_size / c.patch_size).pow(2);
-        let norm = || LayerNormConfig::new(c.hidden_size).with_epsilon(c.layer_norm_eps).init(device);
+        let norm = || {
+            LayerNormConfig::new(c.hidden_size)
+                .with_epsilon(c.layer_norm_eps)
+                .init(device)
+        };
         Self {
             embeddings: ClipVisionEmbeddings {
                 class_embedding: Param::from_tensor(Tensor::zeros([c.hidden_size], device)),
-                patch_embedding: Conv2dConfig::new([c.num_channels, c.hidden_size], [c.patch_size, c.patch_size])
-                    .with_stride([c.patch_size, c.patch_size])
-                    .with_bias(false)
-                    .init(device),
+                patch_embedding: Conv2dConfig::new(
+                    [c.num_channels, c.hidden_size],
+                    [c.patch_size, c.patch_size],
+                )
+                .with_stride([c.patch_size, c.patch_size])
+                .with_bias(false)
+                .init(device),
                 position_embedding: EmbeddingConfig::new(patches + 1, c.hidden_size).init(device),
             },
             pre_layrnorm: norm(),
@@ -66,10 +73,22 @@ impl ClipVisionTransformer {
         let patches = self.embeddings.patch_embedding.forward(pixels); // [b, d, g, g]
         let [_, hidden, gh, gw] = patches.dims();
         let patches = patches.reshape([batch, hidden, gh * gw]).swap_dims(1, 2);
-        let class = self.embeddings.class_embedding.val().reshape([1, 1, hidden]).expand([batch, 1, hidden]);
-        let positions = self.embeddings.position_embedding.weight.val().unsqueeze_dim::<3>(0);
+        let class = self
+            .embeddings
+            .class_embedding
+            .val()
+            .reshape([1, 1, hidden])
+            .expand([batch, 1, hidden]);
+        let positions = self
+            .embeddings
+            .position_embedding
+            .weight
+            .val()
+            .unsqueeze_dim::<3>(0);
         let x = Tensor::cat(vec![class, patches], 1) + positions;
-        let x = self.encoder.forward(self.pre_layrnorm.forward(x), None, None);
+        let x = self
+            .encoder
+            .forward(self.pre_layrnorm.forward(x), None, None);
         let class_token = x.narrow(1, 0, 1).reshape([batch, hidden]);
         self.post_layernorm.forward(class_token)
     }
