@@ -78,6 +78,28 @@ fn score_prints_transformers_numbers_on_cpu_and_gpu() {
 }
 
 #[test]
+fn repeat_reports_median_timings_in_json() {
+    let out = tastebud(&[
+        "score",
+        "--model",
+        &fixture("clip-openai"),
+        "--prompt",
+        "a cat",
+        "--device",
+        "cpu",
+        "--json",
+        "--repeat",
+        "3",
+        &fixture("image0.png"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["runs"], 3);
+    assert!(json["score_ms"].as_f64().unwrap() > 0.0 && json["load_ms"].as_f64().unwrap() > 0.0);
+    assert!(stderr(&out).contains("(median of 3)"), "{}", stderr(&out));
+}
+
+#[test]
 fn score_prints_a_table_by_default() {
     let out = tastebud(&[
         "score",
@@ -102,7 +124,7 @@ fn score_prints_a_table_by_default() {
 fn bad_arguments_fail_with_a_clear_message() {
     let model = fixture("clip-openai");
     let image = fixture("image0.png");
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    let mut cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec![
                 "score",
@@ -142,8 +164,13 @@ fn bad_arguments_fail_with_a_clear_message() {
             "prompt: the prompt is empty",
         ),
     ];
+    cases.push((
+        vec![
+            "score", "--model", &model, "--prompt", "a", "--repeat", "0", &image,
+        ],
+        "--repeat",
+    ));
     let long_prompt = "a ".repeat(100);
-    let mut cases = cases;
     cases.push((
         vec![
             "score",

@@ -44,7 +44,7 @@ step "wasm build"
 web/build.sh
 
 step "browser tests (headless Chromium)"
-cargo build -p tastebud
+cargo build --workspace  # same features as the tests: no rebuild
 TASTEBUD_BIN="$CARGO_TARGET_DIR/debug/tastebud" node --test tests/browser/
 
 step "all tests passed"

@@ -102,6 +102,28 @@ pub struct EncoderDims {
     pub activation: Activation,
 }
 
+impl EncoderDims {
+    /// From a tower config's `hidden_size`, `intermediate_size`, `num_attention_heads`,
+    /// `num_hidden_layers` and `layer_norm_eps`.
+    pub fn new(
+        hidden: usize,
+        intermediate: usize,
+        heads: usize,
+        layers: usize,
+        eps: f64,
+        activation: Activation,
+    ) -> Self {
+        Self {
+            hidden,
+            intermediate,
+            heads,
+            layers,
+            eps,
+            activation,
+        }
+    }
+}
+
 impl ClipEncoder {
     pub fn new(d: EncoderDims, device: &Device) -> Self {
         let norm = || {

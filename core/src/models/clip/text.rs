@@ -44,14 +44,14 @@ impl ClipTextTransformer {
                     .init(device),
             },
             encoder: ClipEncoder::new(
-                EncoderDims {
-                    hidden: c.hidden_size,
-                    intermediate: c.intermediate_size,
-                    heads: c.num_attention_heads,
-                    layers: c.num_hidden_layers,
-                    eps: c.layer_norm_eps,
+                EncoderDims::new(
+                    c.hidden_size,
+                    c.intermediate_size,
+                    c.num_attention_heads,
+                    c.num_hidden_layers,
+                    c.layer_norm_eps,
                     activation,
-                },
+                ),
                 device,
             ),
             final_layer_norm: LayerNormConfig::new(c.hidden_size)
