@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use tastebud_core::models::clip::Clip;
+use tastebud_core::models::clip::text_encoder::ClipTextEncoder;
 use tastebud_core::preprocess::{
     ImageProcessorConfig, decode_rgb, pixels_from_rgb8, resize_crop_normalize,
 };
@@ -188,4 +189,47 @@ fn config_presets_parse_with_transformers_defaults() {
         (512, 32)
     );
     assert_eq!(cfg.text_config.hidden_act, "quick_gelu");
+}
+
+/// SD 2.x's text encoder: a standalone CLIPTextModel (gelu, pad "!") in f16.
+#[test]
+fn sd2_text_encoder_matches_transformers() {
+    let reference = reference_json();
+    let prompts: Vec<String> =
+        serde_json::from_value(reference["clip-openclip"]["scored_prompts"].clone()).unwrap();
+    let tokenizer = ClipTokenizer::from_files(&model_files("clip-openclip")).unwrap();
+    let tokens: Vec<_> = prompts
+        .iter()
+        .map(|p| tokenizer.encode(p, false).unwrap())
+        .collect();
+    for device in devices() {
+        let encoder =
+            ClipTextEncoder::from_files(model_files("sd2-text-encoder"), &device.device).unwrap();
+        assert!(encoder.model.text_projection.is_none());
+        let out = encoder.forward(&tokens).unwrap();
+        let on = device_name(&device);
+        assert_close(
+            &format!("sd2 last_hidden_state on {on}"),
+            &read(out.last_hidden_state),
+            &reference_tensor("sd2-text-encoder.last_hidden_state").0,
+            RTOL,
+        );
+        assert_close(
+            &format!("sd2 pooler_output on {on}"),
+            &read(out.pooled),
+            &reference_tensor("sd2-text-encoder.pooler_output").0,
+            RTOL,
+        );
+    }
+    let mut bad = tokens[0].clone();
+    bad.eos_index = 77;
+    let encoder = ClipTextEncoder::from_files(
+        model_files("sd2-text-encoder"),
+        &tastebud_core::ComputeDevice::cpu().device,
+    )
+    .unwrap();
+    assert!(matches!(
+        encoder.forward(&[bad]),
+        Err(Error::BadArgument { .. })
+    ));
 }

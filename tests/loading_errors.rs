@@ -183,3 +183,42 @@ fn bad_prompts_and_images_are_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("[_, 3, 224, 224]"), "{err}");
 }
+
+/// bf16 checkpoints are cast to f32 on load (burn-store would abort on the CPU backend otherwise)
+/// and score like the f32 weights they were rounded from.
+#[test]
+fn bf16_weights_load_and_score_like_f32() {
+    let bf16 = with_weights(|t| {
+        for (dtype, _, bytes) in t.values_mut() {
+            if *dtype == Dtype::F32 {
+                *bytes = bytes
+                    .chunks_exact(4)
+                    .flat_map(|b| {
+                        half::bf16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                            .to_le_bytes()
+                    })
+                    .collect();
+                *dtype = Dtype::BF16;
+            }
+        }
+    });
+    let device = ComputeDevice::cpu().device;
+    let ours = Clip::from_files(bf16, &device).unwrap();
+    let f32_model = Clip::from_files(model_files("clip-openai"), &device).unwrap();
+    let (pixels, s) = reference_tensor("pixel_values");
+    let embed = |clip: &Clip| {
+        read(
+            clip.image_embeds(tensor(pixels.clone(), [s[0], s[1], s[2], s[3]], &device))
+                .unwrap(),
+        )
+    };
+    let (a, b) = (embed(&ours), embed(&f32_model));
+    let dot: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let cosine = dot / (norm(&a) * norm(&b));
+    assert!(
+        cosine > 0.999,
+        "bf16 vs f32 image embeddings: cosine {cosine}"
+    );
+    assert!(a != b, "bf16 rounding should change the numbers a little");
+}

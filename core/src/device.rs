@@ -59,7 +59,8 @@ impl AdapterSummary {
         }
     }
 
-    /// A real GPU, not a CPU rasterizer (browsers report no type: trust them).
+    /// A real GPU, not a CPU rasterizer (lavapipe, llvmpipe, or Chromium's SwiftShader, which
+    /// browsers report as a CPU adapter too).
     pub fn is_hardware(&self) -> bool {
         self.kind != "Cpu"
     }
@@ -90,6 +91,9 @@ impl ComputeDevice {
     /// One line for logs: `wgpu: llvmpipe (LLVM 15) [Vulkan, Cpu]` or `flex (CPU)`.
     pub fn describe(&self) -> String {
         let mut line = match &self.adapter {
+            Some(a) if a.name.is_empty() => {
+                format!("wgpu: unnamed adapter [{}, {}]", a.api, a.kind)
+            }
             Some(a) => format!("wgpu: {} [{}, {}]", a.name, a.api, a.kind),
             None => "flex (CPU)".to_string(),
         };

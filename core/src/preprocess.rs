@@ -227,31 +227,39 @@ pub fn pixels_from_rgb8(img: &RgbImage, cfg: &ImageProcessorConfig) -> Vec<f32> 
     // and keep the cropped ones.
     let (wx, px) = fixed_point(&resize_matrix(w, rw, 0, rw));
     let (wy, py) = fixed_point(&resize_matrix(h, rh, 0, rh));
+    // Each output reads only the few source pixels under its filter.
+    fn span(weights: &[i64]) -> (usize, &[i64]) {
+        let start = weights.iter().position(|&w| w != 0).unwrap_or(0);
+        let end = weights
+            .iter()
+            .rposition(|&w| w != 0)
+            .map_or(start, |e| e + 1);
+        (start, &weights[start..end])
+    }
+    let xs: Vec<_> = (0..c)
+        .map(|x| span(&wx[(left + x) * w..(left + x + 1) * w]))
+        .collect();
+    let ys: Vec<_> = (0..c)
+        .map(|y| span(&wy[(top + y) * h..(top + y + 1) * h]))
+        .collect();
     let mut out = vec![0.0f32; 3 * c * c];
     let mut rows = vec![0i64; h * c];
     for ch in 0..3 {
         // Horizontal pass over every source row, back to uint8.
         for y in 0..h {
-            for x in 0..c {
-                let weights = &wx[(left + x) * w..(left + x + 1) * w];
-                let acc: i64 = weights
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, wgt)| **wgt != 0)
-                    .map(|(sx, wgt)| wgt * i64::from(src[(y * w + sx) * 3 + ch]))
-                    .sum();
+            for (x, (start, weights)) in xs.iter().enumerate() {
+                let pixels = (*start..).map(|sx| i64::from(src[(y * w + sx) * 3 + ch]));
+                let acc: i64 = weights.iter().zip(pixels).map(|(wgt, p)| wgt * p).sum();
                 rows[y * c + x] = fixed_point_pixel(acc, px);
             }
         }
         // Vertical pass, back to uint8, then rescale and normalise.
-        for y in 0..c {
-            let weights = &wy[(top + y) * h..(top + y + 1) * h];
+        for (y, (start, weights)) in ys.iter().enumerate() {
             for x in 0..c {
                 let acc: i64 = weights
                     .iter()
-                    .enumerate()
-                    .filter(|(_, wgt)| **wgt != 0)
-                    .map(|(sy, wgt)| wgt * rows[sy * c + x])
+                    .zip(*start..)
+                    .map(|(wgt, sy)| wgt * rows[sy * c + x])
                     .sum();
                 let v = fixed_point_pixel(acc, py) as f32 / 255.0;
                 out[(ch * c + y) * c + x] = (v - cfg.mean[ch]) / cfg.std[ch];

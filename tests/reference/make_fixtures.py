@@ -28,7 +28,7 @@ from open_clip.tokenizer import bytes_to_unicode, default_bpe
 from PIL import Image
 from safetensors.torch import save_file
 from torchvision.transforms.v2 import functional as tvF
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
 torch.manual_seed(0)
@@ -80,6 +80,9 @@ def save_clip(model, folder, fp16):
     state = {}
     for k, v in model.state_dict().items():
         state[k] = v.detach().contiguous().clone()
+    if isinstance(model, CLIPTextModel) and not any(k.startswith("text_model.") for k in state):
+        # transformers 5 drops the prefix that hub checkpoints (SD's text_encoder/) have.
+        state = {"text_model." + k: v for k, v in state.items()}
     assert any(k.startswith("text_model.") for k in state), sorted(state)[:5]
     if fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -182,6 +185,21 @@ def main():
             te = tensors[f"{name}.text_embeds"]
             tensors[f"{name}.cosine"] = (ie / ie.norm(dim=-1, keepdim=True)) @ (te / te.norm(dim=-1, keepdim=True)).T
         ref[name]["scored_prompts"] = scored
+
+    # A standalone SD 2.x-style text encoder (the `text_encoder/` folder of a diffusers
+    # snapshot): CLIPTextModel, gelu, pad "!" (its tokenizer is clip-openclip's), f16 weights.
+    folder = os.path.join(ROOT, "sd2-text-encoder")
+    text_model = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=2, max_position_embeddings=77, hidden_act="gelu",
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=1, projection_dim=16)).eval()
+    save_clip(text_model, folder, fp16=True)
+    text_model = text_model.half().float()
+    ids = ref["clip-openclip"]["ids"][:3]
+    with torch.no_grad():
+        out = text_model(input_ids=torch.tensor(ids))
+    tensors["sd2-text-encoder.last_hidden_state"] = out.last_hidden_state
+    tensors["sd2-text-encoder.pooler_output"] = out.pooler_output
 
     # The differentiable reward-path preprocess: torchvision on float images in [0, 1].
     mean, std = processor.image_mean, processor.image_std

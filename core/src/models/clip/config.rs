@@ -89,39 +89,49 @@ pub struct ClipConfig {
     pub logit_scale_init_value: f32,
 }
 
-impl ClipConfig {
+impl ClipTextConfig {
     /// Checks what the architecture cannot take, naming the config file.
     pub fn validate(&self, file: &str) -> Result<()> {
-        let t = &self.text_config;
-        let v = &self.vision_config;
-        let bad = |reason: String| {
-            Err(Error::BadJson {
-                file: file.to_string(),
-                reason,
-            })
-        };
-        if t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads) {
-            return bad(format!(
-                "text hidden_size {} is not divisible by num_attention_heads {}",
-                t.hidden_size, t.num_attention_heads
-            ));
-        }
-        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
-            return bad(format!(
-                "vision hidden_size {} is not divisible by num_attention_heads {}",
-                v.hidden_size, v.num_attention_heads
-            ));
-        }
-        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
-            return bad(format!(
-                "vision image_size {} is not a multiple of patch_size {}",
-                v.image_size, v.patch_size
-            ));
-        }
-        Activation::parse(&t.hidden_act, file)?;
-        Activation::parse(&v.hidden_act, file)?;
-        Ok(())
+        check_heads("text", self.hidden_size, self.num_attention_heads, file)?;
+        Activation::parse(&self.hidden_act, file).map(|_| ())
     }
+}
+
+impl ClipVisionConfig {
+    /// Checks what the architecture cannot take, naming the config file.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        check_heads("vision", self.hidden_size, self.num_attention_heads, file)?;
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+            return Err(Error::BadJson {
+                file: file.to_string(),
+                reason: format!(
+                    "vision image_size {} is not a multiple of patch_size {}",
+                    self.image_size, self.patch_size
+                ),
+            });
+        }
+        Activation::parse(&self.hidden_act, file).map(|_| ())
+    }
+}
+
+impl ClipConfig {
+    /// Checks both towers.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        self.text_config.validate(file)?;
+        self.vision_config.validate(file)
+    }
+}
+
+fn check_heads(tower: &str, hidden: usize, heads: usize, file: &str) -> Result<()> {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
+        return Err(Error::BadJson {
+            file: file.to_string(),
+            reason: format!(
+                "{tower} hidden_size {hidden} is not divisible by num_attention_heads {heads}"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn d_vocab() -> usize {

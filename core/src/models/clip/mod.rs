@@ -4,6 +4,7 @@
 pub mod config;
 pub mod encoder;
 pub mod text;
+pub mod text_encoder;
 pub mod vision;
 
 use burn::module::Module;

@@ -1,0 +1,101 @@
+//! A standalone CLIP text encoder, as diffusers snapshots ship it in `text_encoder/`
+//! (`CLIPTextModel`, or `CLIPTextModelWithProjection` for SDXL's second encoder): a flat
+//! `CLIPTextConfig` and `text_model.*` weights (+ `text_projection.weight`). SD 2.x's encoder is
+//! OpenCLIP-H with its last layer dropped: `num_hidden_layers` 23 and the final LayerNorm.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{Device, Tensor};
+
+use super::CLIP_WEIGHTS;
+use super::config::{Activation, ClipTextConfig};
+use super::text::{ClipTextTransformer, TextOutput};
+use crate::files::ModelFiles;
+use crate::tokenizer::TokenizedPrompt;
+use crate::{Error, Result, weights};
+
+/// Files a text encoder folder may hold.
+pub const TEXT_ENCODER_FILES: &[&str] =
+    &["config.json", "model.safetensors", "model.fp16.safetensors"];
+
+/// The weights of `CLIPTextModel` / `CLIPTextModelWithProjection`.
+#[derive(Module, Debug)]
+pub struct ClipTextModel {
+    pub text_model: ClipTextTransformer,
+    pub text_projection: Option<Linear>,
+}
+
+/// A loaded text encoder (its tokenizer lives in a sibling folder: load it separately).
+pub struct ClipTextEncoder {
+    pub model: ClipTextModel,
+    pub config: ClipTextConfig,
+    pub device: Device,
+}
+
+impl ClipTextEncoder {
+    /// Loads a `text_encoder/` folder: `config.json` and `model.safetensors` or
+    /// `model.fp16.safetensors`. The projection is loaded when the file has one.
+    pub fn from_files(mut files: ModelFiles, device: &Device) -> Result<Self> {
+        let config_file = files.label("config.json");
+        let config: ClipTextConfig = files.json("config.json")?;
+        config.validate(&config_file)?;
+        let activation = Activation::parse(&config.hidden_act, &config_file)?;
+        let weights_name = files.first_of(CLIP_WEIGHTS)?;
+        let weights_file = files.label(weights_name);
+        let bytes = files.take(weights_name).unwrap_or_default();
+        let projected =
+            weights::inspect(&weights_file, &bytes)?.contains_key("text_projection.weight");
+        let model = ClipTextModel {
+            text_model: ClipTextTransformer::new(&config, activation, device),
+            text_projection: projected.then(|| {
+                LinearConfig::new(config.hidden_size, config.projection_dim)
+                    .with_bias(false)
+                    .init(device)
+            }),
+        };
+        let model = weights::load_into(model, &weights_file, bytes, &["position_ids"])?;
+        Ok(Self {
+            model,
+            config,
+            device: device.clone(),
+        })
+    }
+
+    /// Runs the encoder on tokenized prompts (all of the same padded length).
+    pub fn forward(&self, prompts: &[TokenizedPrompt]) -> Result<TextOutput> {
+        let seq = prompts.first().map_or(0, |p| p.ids.len());
+        let vocab = self.config.vocab_size as u32;
+        let malformed = |p: &TokenizedPrompt| p.ids.len() != seq || p.eos_index >= seq;
+        if prompts.is_empty()
+            || prompts.iter().any(malformed)
+            || seq > self.model.text_model.max_positions()
+        {
+            return Err(Error::BadArgument {
+                argument: "prompts".into(),
+                reason: format!(
+                    "need one or more prompts of equal length up to {} tokens",
+                    self.model.text_model.max_positions()
+                ),
+            });
+        }
+        if let Some(id) = prompts.iter().flat_map(|p| &p.ids).find(|&&id| id >= vocab) {
+            return Err(Error::BadArgument {
+                argument: "prompts".into(),
+                reason: format!(
+                    "token id {id} is outside the text encoder's vocabulary of {vocab}"
+                ),
+            });
+        }
+        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
+        let eos: Vec<usize> = prompts.iter().map(|p| p.eos_index).collect();
+        Ok(self.model.text_model.forward(&ids, &eos, &self.device))
+    }
+
+    /// The projected pooled embedding, when the encoder has a projection.
+    pub fn project(&self, pooled: Tensor<2>) -> Option<Tensor<2>> {
+        self.model
+            .text_projection
+            .as_ref()
+            .map(|p| p.forward(pooled))
+    }
+}
