@@ -6,6 +6,7 @@ pub mod error;
 pub mod files;
 pub mod models;
 pub mod preprocess;
+pub mod scheduler;
 pub mod tokenizer;
 pub mod weights;
 

@@ -211,6 +211,32 @@ def main():
         tensors[f"resize{i}.input"] = x
         tensors[f"resize{i}.output"] = y
 
+    # Euler scheduler tables and one step (diffusers EulerDiscreteScheduler), SD-Turbo's config
+    # (scaled_linear, epsilon, trailing) for 1-4 steps, plus v_prediction and linspace variants.
+    from diffusers import EulerDiscreteScheduler
+    import diffusers
+    ref["versions"]["diffusers"] = diffusers.__version__
+    ref["schedulers"] = []
+    turbo = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                 prediction_type="epsilon", timestep_spacing="trailing")
+    cases = [(turbo, n) for n in (1, 2, 3, 4)]
+    cases += [(dict(turbo, prediction_type="v_prediction"), 2), (dict(beta_schedule="linear", timestep_spacing="linspace"), 3)]
+    g = torch.Generator().manual_seed(42)
+    for i, (config, steps) in enumerate(cases):
+        sched = EulerDiscreteScheduler(**config)
+        sched.set_timesteps(steps)
+        sample = torch.randn(1, 4, 8, 8, generator=g) * float(sched.init_noise_sigma)
+        eps = torch.randn(1, 4, 8, 8, generator=g)
+        t0 = sched.timesteps[0]
+        scaled = sched.scale_model_input(sample, t0)
+        prev = sched.step(eps, t0, sample).prev_sample
+        ref["schedulers"].append({"config": config, "steps": steps, "timesteps": sched.timesteps.tolist(),
+                                  "sigmas": sched.sigmas.tolist(), "init_noise_sigma": float(sched.init_noise_sigma)})
+        tensors[f"scheduler{i}.sample"] = sample
+        tensors[f"scheduler{i}.model_output"] = eps
+        tensors[f"scheduler{i}.scaled"] = scaled
+        tensors[f"scheduler{i}.prev_sample"] = prev
+
     save_file({k: v.detach().float().contiguous() for k, v in tensors.items()},
               os.path.join(ROOT, "reference.safetensors"))
     with open(os.path.join(ROOT, "reference.json"), "w") as f:
