@@ -91,10 +91,22 @@ pub fn read_scalar(file: &str, bytes: &[u8], name: &str) -> Result<Option<f32>> 
 /// (buffers such as `position_ids`, or values read separately such as `logit_scale`). Any other
 /// unused, missing, misshaped or non-float tensor is an error that names it.
 pub fn load_into<M: Module + ModuleSnapshot>(
+    module: M,
+    file: &str,
+    bytes: Vec<u8>,
+    tolerated_unused: &[&str],
+) -> Result<M> {
+    load_remapped(module, file, bytes, tolerated_unused, &[])
+}
+
+/// [`load_into`] with the file's keys renamed first: `(regex, replacement)` pairs applied in
+/// order to every key, for the rare model whose upstream layout cannot be mirrored field by field.
+pub fn load_remapped<M: Module + ModuleSnapshot>(
     mut module: M,
     file: &str,
     bytes: Vec<u8>,
     tolerated_unused: &[&str],
+    remap: &[(String, String)],
 ) -> Result<M> {
     let tolerated = |name: &str| tolerated_unused.iter().any(|t| name.contains(t));
     let header = inspect(file, &bytes)?;
@@ -115,6 +127,9 @@ pub fn load_into<M: Module + ModuleSnapshot>(
         ))
         .allow_partial(true)
         .validate(false);
+    for (from, to) in remap {
+        store = store.with_key_remapping(from, to.clone());
+    }
     let result = module
         .load_from(&mut store)
         .map_err(|e| Error::CorruptWeights {

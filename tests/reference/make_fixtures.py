@@ -237,6 +237,16 @@ def main():
         tensors[f"scheduler{i}.scaled"] = scaled
         tensors[f"scheduler{i}.prev_sample"] = prev
 
+    # TAESD (diffusers AutoencoderTiny) with the real block layout and narrow channels, decoding
+    # non-square latents.
+    from diffusers import AutoencoderTiny
+    taesd = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8)).eval()
+    taesd.save_pretrained(os.path.join(ROOT, "taesd"))
+    latents = torch.randn(1, 4, 6, 5, generator=torch.Generator().manual_seed(7)) * 2
+    with torch.no_grad():
+        tensors["taesd.latents"] = latents
+        tensors["taesd.image"] = taesd.decode(latents).sample
+
     save_file({k: v.detach().float().contiguous() for k, v in tensors.items()},
               os.path.join(ROOT, "reference.safetensors"))
     with open(os.path.join(ROOT, "reference.json"), "w") as f:

@@ -1,3 +1,4 @@
-//! Model architectures, one folder per model family.
+//! Model architectures, one folder (or file) per model family.
 
 pub mod clip;
+pub mod taesd;
