@@ -233,3 +233,40 @@ fn sd2_text_encoder_matches_transformers() {
         Err(Error::BadArgument { .. })
     ));
 }
+
+/// SDXL's second encoder (CLIPTextModelWithProjection): the penultimate hidden state without
+/// the final LayerNorm, and the projected pooled output.
+#[test]
+fn sdxl_second_text_encoder_matches_transformers() {
+    let reference = reference_json();
+    let prompts: Vec<String> =
+        serde_json::from_value(reference["clip-openclip"]["scored_prompts"].clone()).unwrap();
+    let tokenizer = ClipTokenizer::from_files(&model_files("clip-openclip")).unwrap();
+    let tokens: Vec<_> = prompts
+        .iter()
+        .map(|p| tokenizer.encode(p, false).unwrap())
+        .collect();
+    for device in devices() {
+        let encoder =
+            ClipTextEncoder::from_files(model_files("sdxl-text-encoder-2"), &device.device)
+                .unwrap();
+        let on = device_name(&device);
+        let penultimate = encoder.penultimate_hidden_state(&tokens).unwrap();
+        assert_close(
+            &format!("sdxl penultimate on {on}"),
+            &read(penultimate),
+            &reference_tensor("sdxl-text-encoder-2.penultimate").0,
+            RTOL,
+        );
+        let pooled = encoder.forward(&tokens).unwrap().pooled;
+        let projected = encoder
+            .project(pooled)
+            .expect("CLIPTextModelWithProjection has a projection");
+        assert_close(
+            &format!("sdxl text_embeds on {on}"),
+            &read(projected),
+            &reference_tensor("sdxl-text-encoder-2.text_embeds").0,
+            RTOL,
+        );
+    }
+}

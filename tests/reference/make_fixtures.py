@@ -28,7 +28,8 @@ from open_clip.tokenizer import bytes_to_unicode, default_bpe
 from PIL import Image
 from safetensors.torch import save_file
 from torchvision.transforms.v2 import functional as tvF
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel,
+                          CLIPTextModelWithProjection, CLIPTokenizer)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
 torch.manual_seed(0)
@@ -80,9 +81,10 @@ def save_clip(model, folder, fp16):
     state = {}
     for k, v in model.state_dict().items():
         state[k] = v.detach().contiguous().clone()
-    if isinstance(model, CLIPTextModel) and not any(k.startswith("text_model.") for k in state):
+    if isinstance(model, (CLIPTextModel, CLIPTextModelWithProjection)) and not any(
+            k.startswith("text_model.") for k in state):
         # transformers 5 drops the prefix that hub checkpoints (SD's text_encoder/) have.
-        state = {"text_model." + k: v for k, v in state.items()}
+        state = {k if k.startswith("text_projection.") else "text_model." + k: v for k, v in state.items()}
     assert any(k.startswith("text_model.") for k in state), sorted(state)[:5]
     if fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -210,6 +212,20 @@ def main():
         y = tvF.normalize(y, mean, std)
         tensors[f"resize{i}.input"] = x
         tensors[f"resize{i}.output"] = y
+
+    # SDXL's second text encoder (CLIPTextModelWithProjection, bigG-style gelu): the penultimate
+    # hidden state (no final LayerNorm) and the projected pooled output. Narrow, f16.
+    folder = os.path.join(ROOT, "sdxl-text-encoder-2")
+    model2 = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=2, max_position_embeddings=77, hidden_act="gelu",
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=1, projection_dim=8)).eval()
+    save_clip(model2, folder, fp16=True)
+    model2 = model2.half().float()
+    with torch.no_grad():
+        out = model2(input_ids=torch.tensor(ids), output_hidden_states=True)
+    tensors["sdxl-text-encoder-2.penultimate"] = out.hidden_states[-2]
+    tensors["sdxl-text-encoder-2.text_embeds"] = out.text_embeds
 
     # Euler scheduler tables and one step (diffusers EulerDiscreteScheduler), SD-Turbo's config
     # (scaled_linear, epsilon, trailing) for 1-4 steps, plus v_prediction and linspace variants.

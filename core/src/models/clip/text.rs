@@ -69,25 +69,8 @@ impl ClipTextTransformer {
     /// # Shapes
     /// - ids: `batch` rows of `seq <= max_position_embeddings` ids; `eos_index[b]` in `0..seq`
     pub fn forward(&self, ids: &[Vec<u32>], eos_index: &[usize], device: &Device) -> TextOutput {
-        let (batch, seq) = (ids.len(), ids.first().map_or(0, Vec::len));
-        let flat: Vec<i64> = ids.iter().flatten().map(|&i| i64::from(i)).collect();
-        let table = &self.embeddings.token_embedding;
-        let ids = Tensor::<2, Int>::from_data(
-            TensorData::new(flat, [batch, seq]),
-            &table.weight.device(),
-        );
-        let tokens = table.forward(ids).to_device(device);
-        let positions = self
-            .embeddings
-            .position_embedding
-            .weight
-            .val()
-            .narrow(0, 0, seq);
-        let x = tokens + positions.unsqueeze_dim::<3>(0);
-        let x = self
-            .encoder
-            .forward(x, Some(causal_mask(seq, device)), None);
-        let hidden = x.dims()[2];
+        let x = self.hidden_state(ids, self.encoder.layers.len(), device);
+        let [batch, seq, hidden] = x.dims();
         let last_hidden_state = self.final_layer_norm.forward(x);
         let rows: Vec<i64> = eos_index
             .iter()
@@ -103,6 +86,28 @@ impl ClipTextTransformer {
             last_hidden_state,
             pooled,
         }
+    }
+
+    /// The state after the first `layers` encoder layers, without the final LayerNorm:
+    /// transformers' `hidden_states[layers]` (SDXL conditions on `hidden_states[-2]`).
+    pub fn hidden_state(&self, ids: &[Vec<u32>], layers: usize, device: &Device) -> Tensor<3> {
+        let (batch, seq) = (ids.len(), ids.first().map_or(0, Vec::len));
+        let flat: Vec<i64> = ids.iter().flatten().map(|&i| i64::from(i)).collect();
+        let table = &self.embeddings.token_embedding;
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(flat, [batch, seq]),
+            &table.weight.device(),
+        );
+        let tokens = table.forward(ids).to_device(device);
+        let positions = self
+            .embeddings
+            .position_embedding
+            .weight
+            .val()
+            .narrow(0, 0, seq);
+        let x = tokens + positions.unsqueeze_dim::<3>(0);
+        self.encoder
+            .forward(x, Some(causal_mask(seq, device)), Some(layers))
     }
 }
 

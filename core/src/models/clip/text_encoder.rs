@@ -63,6 +63,23 @@ impl ClipTextEncoder {
 
     /// Runs the encoder on tokenized prompts (all of the same padded length).
     pub fn forward(&self, prompts: &[TokenizedPrompt]) -> Result<TextOutput> {
+        let ids = self.checked_ids(prompts)?;
+        let eos: Vec<usize> = prompts.iter().map(|p| p.eos_index).collect();
+        Ok(self.model.text_model.forward(&ids, &eos, &self.device))
+    }
+
+    /// The state after the last layer but one, without the final LayerNorm: what SDXL's UNet
+    /// is conditioned on (transformers' `hidden_states[-2]`).
+    pub fn penultimate_hidden_state(&self, prompts: &[TokenizedPrompt]) -> Result<Tensor<3>> {
+        let ids = self.checked_ids(prompts)?;
+        let layers = self.model.text_model.encoder.layers.len().saturating_sub(1);
+        Ok(self
+            .model
+            .text_model
+            .hidden_state(&ids, layers, &self.device))
+    }
+
+    fn checked_ids(&self, prompts: &[TokenizedPrompt]) -> Result<Vec<Vec<u32>>> {
         let seq = prompts.first().map_or(0, |p| p.ids.len());
         let vocab = self.config.vocab_size as u32;
         let malformed = |p: &TokenizedPrompt| p.ids.len() != seq || p.eos_index >= seq;
@@ -86,9 +103,7 @@ impl ClipTextEncoder {
                 ),
             });
         }
-        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
-        let eos: Vec<usize> = prompts.iter().map(|p| p.eos_index).collect();
-        Ok(self.model.text_model.forward(&ids, &eos, &self.device))
+        Ok(prompts.iter().map(|p| p.ids.clone()).collect())
     }
 
     /// The projected pooled embedding, when the encoder has a projection.
