@@ -263,6 +263,17 @@ def main():
         tensors["taesd.latents"] = latents
         tensors["taesd.image"] = taesd.decode(latents).sample
 
+    # The SD VAE (diffusers AutoencoderKL) with the real layout, two narrow blocks.
+    from diffusers import AutoencoderKL
+    vae = AutoencoderKL(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2).eval()
+    vae.save_pretrained(os.path.join(ROOT, "vae"))
+    latents = torch.randn(1, 4, 5, 6, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        tensors["vae.latents"] = latents
+        tensors["vae.image"] = vae.decode(latents).sample
+
     save_file({k: v.detach().float().contiguous() for k, v in tensors.items()},
               os.path.join(ROOT, "reference.safetensors"))
     with open(os.path.join(ROOT, "reference.json"), "w") as f:

@@ -2,20 +2,14 @@
 //! Only the decoder is built; the file's encoder weights are tolerated and left unused.
 
 use burn::module::Module;
-use burn::nn::PaddingConfig2d;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::Conv2d;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
+use super::{DIFFUSERS_WEIGHTS, conv3, upsample_nearest};
 use crate::files::ModelFiles;
 use crate::{Error, Result, weights};
-
-/// Weight files of a diffusers component folder, in order of preference.
-pub const DIFFUSERS_WEIGHTS: &[&str] = &[
-    "diffusion_pytorch_model.safetensors",
-    "diffusion_pytorch_model.fp16.safetensors",
-];
 
 /// The decoder's part of `AutoencoderTiny`'s `config.json` (diffusers' defaults = madebyollin/taesd).
 #[derive(Debug, Clone, Deserialize)]
@@ -88,21 +82,6 @@ pub struct TinyDecoder {
 #[derive(Module, Debug)]
 pub struct TinyAutoencoder {
     pub decoder: TinyDecoder,
-}
-
-fn conv3(cin: usize, cout: usize, bias: bool, device: &Device) -> Conv2d {
-    Conv2dConfig::new([cin, cout], [3, 3])
-        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .with_bias(bias)
-        .init(device)
-}
-
-/// Nearest-neighbour upsampling by an integer factor (exact: each pixel repeated).
-fn upsample_nearest(x: Tensor<4>, factor: usize) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h, 1, w, 1])
-        .expand([b, c, h, factor, w, factor])
-        .reshape([b, c, h * factor, w * factor])
 }
 
 impl TinyAutoencoder {

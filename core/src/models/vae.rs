@@ -1,0 +1,313 @@
+//! The SD VAE decoder, diffusers' `AutoencoderKL` (decoder side): post_quant_conv, conv_in, a
+//! mid block (resnet, single-head attention, resnet), up blocks of resnets with nearest 2x
+//! upsampling, GroupNorm + SiLU + conv_out. Field names follow diffusers, so no remapping.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Device, Tensor};
+use serde::Deserialize;
+
+use super::{DIFFUSERS_WEIGHTS, conv3, upsample_nearest};
+use crate::files::ModelFiles;
+use crate::{Error, Result, weights};
+
+/// The decoder's part of `AutoencoderKL`'s `config.json` (diffusers' names and defaults).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AutoencoderKlConfig {
+    #[serde(default = "d_out")]
+    pub out_channels: usize,
+    #[serde(default = "d_latent")]
+    pub latent_channels: usize,
+    #[serde(default = "d_channels")]
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "d_layers")]
+    pub layers_per_block: usize,
+    #[serde(default = "d_groups")]
+    pub norm_num_groups: usize,
+    #[serde(default = "d_act")]
+    pub act_fn: String,
+    #[serde(default = "d_up")]
+    pub up_block_types: Vec<String>,
+    #[serde(default = "d_true")]
+    pub use_post_quant_conv: bool,
+    #[serde(default = "d_true")]
+    pub mid_block_add_attention: bool,
+    #[serde(default = "d_scale")]
+    pub scaling_factor: f32,
+}
+
+fn d_out() -> usize {
+    3
+}
+fn d_latent() -> usize {
+    4
+}
+fn d_channels() -> Vec<usize> {
+    vec![64]
+}
+fn d_layers() -> usize {
+    1
+}
+fn d_groups() -> usize {
+    32
+}
+fn d_act() -> String {
+    "silu".into()
+}
+fn d_up() -> Vec<String> {
+    vec!["UpDecoderBlock2D".into()]
+}
+fn d_true() -> bool {
+    true
+}
+fn d_scale() -> f32 {
+    0.18215
+}
+
+const EPS: f64 = 1e-6;
+
+fn group_norm(groups: usize, channels: usize, device: &Device) -> GroupNorm {
+    GroupNormConfig::new(groups, channels)
+        .with_epsilon(EPS)
+        .init(device)
+}
+
+/// `ResnetBlock2D` without time embedding: x + conv2(silu(norm2(conv1(silu(norm1(x)))))).
+#[derive(Module, Debug)]
+pub struct ResnetBlock {
+    pub norm1: GroupNorm,
+    pub conv1: Conv2d,
+    pub norm2: GroupNorm,
+    pub conv2: Conv2d,
+    pub conv_shortcut: Option<Conv2d>,
+}
+
+impl ResnetBlock {
+    fn new(cin: usize, cout: usize, groups: usize, device: &Device) -> Self {
+        Self {
+            norm1: group_norm(groups, cin, device),
+            conv1: conv3(cin, cout, true, device),
+            norm2: group_norm(groups, cout, device),
+            conv2: conv3(cout, cout, true, device),
+            conv_shortcut: (cin != cout)
+                .then(|| Conv2dConfig::new([cin, cout], [1, 1]).init(device)),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let skip = match &self.conv_shortcut {
+            Some(conv) => conv.forward(x),
+            None => x,
+        };
+        skip + h
+    }
+}
+
+/// The mid block's `Attention`: one head over all pixels, with a residual connection.
+#[derive(Module, Debug)]
+pub struct SpatialAttention {
+    pub group_norm: GroupNorm,
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Vec<Linear>,
+}
+
+impl SpatialAttention {
+    fn new(channels: usize, groups: usize, device: &Device) -> Self {
+        let linear = || LinearConfig::new(channels, channels).init(device);
+        Self {
+            group_norm: group_norm(groups, channels, device),
+            to_q: linear(),
+            to_k: linear(),
+            to_v: linear(),
+            to_out: vec![linear()],
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let tokens = self
+            .group_norm
+            .forward(x.clone())
+            .reshape([b, c, h * w])
+            .swap_dims(1, 2);
+        let flat = |t: Tensor<3>| t.reshape([b * h * w, c]);
+        let unflat = |t: Tensor<2>| t.reshape([b, h * w, c]);
+        let q = unflat(self.to_q.forward(flat(tokens.clone())));
+        let k = unflat(self.to_k.forward(flat(tokens.clone())));
+        let v = unflat(self.to_v.forward(flat(tokens)));
+        let scores = q.matmul(k.swap_dims(1, 2)) * (c as f64).powf(-0.5);
+        let out = softmax(scores, 2).matmul(v);
+        let out = self.to_out.iter().fold(flat(out), |t, l| l.forward(t));
+        unflat(out).swap_dims(1, 2).reshape([b, c, h, w]) + x
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct MidBlock {
+    pub resnets: Vec<ResnetBlock>,
+    pub attentions: Vec<SpatialAttention>,
+}
+
+#[derive(Module, Debug)]
+pub struct Upsampler {
+    pub conv: Conv2d,
+}
+
+#[derive(Module, Debug)]
+pub struct UpDecoderBlock {
+    pub resnets: Vec<ResnetBlock>,
+    pub upsamplers: Vec<Upsampler>,
+}
+
+#[derive(Module, Debug)]
+pub struct VaeDecoder {
+    pub conv_in: Conv2d,
+    pub mid_block: MidBlock,
+    pub up_blocks: Vec<UpDecoderBlock>,
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv2d,
+}
+
+/// The decoder half of `AutoencoderKL`, with its weights named as in diffusers.
+#[derive(Module, Debug)]
+pub struct AutoencoderKl {
+    pub post_quant_conv: Option<Conv2d>,
+    pub decoder: VaeDecoder,
+}
+
+impl AutoencoderKl {
+    pub fn new(c: &AutoencoderKlConfig, device: &Device) -> Self {
+        let g = c.norm_num_groups;
+        let top = *c.block_out_channels.last().unwrap_or(&64);
+        let reversed: Vec<usize> = c.block_out_channels.iter().rev().copied().collect();
+        let mut prev = top;
+        let up_blocks = reversed
+            .iter()
+            .enumerate()
+            .map(|(i, &out)| {
+                let block = UpDecoderBlock {
+                    resnets: (0..=c.layers_per_block)
+                        .map(|j| ResnetBlock::new(if j == 0 { prev } else { out }, out, g, device))
+                        .collect(),
+                    upsamplers: if i + 1 < reversed.len() {
+                        vec![Upsampler {
+                            conv: conv3(out, out, true, device),
+                        }]
+                    } else {
+                        vec![]
+                    },
+                };
+                prev = out;
+                block
+            })
+            .collect();
+        let bottom = c.block_out_channels.first().copied().unwrap_or(64);
+        Self {
+            post_quant_conv: c.use_post_quant_conv.then(|| {
+                Conv2dConfig::new([c.latent_channels, c.latent_channels], [1, 1]).init(device)
+            }),
+            decoder: VaeDecoder {
+                conv_in: conv3(c.latent_channels, top, true, device),
+                mid_block: MidBlock {
+                    resnets: vec![
+                        ResnetBlock::new(top, top, g, device),
+                        ResnetBlock::new(top, top, g, device),
+                    ],
+                    attentions: if c.mid_block_add_attention {
+                        vec![SpatialAttention::new(top, g, device)]
+                    } else {
+                        vec![]
+                    },
+                },
+                up_blocks,
+                conv_norm_out: group_norm(g, bottom, device),
+                conv_out: conv3(bottom, c.out_channels, true, device),
+            },
+        }
+    }
+
+    /// Loads an `AutoencoderKL` folder (`config.json` + diffusers weights); the encoder's
+    /// weights are tolerated and left unused.
+    pub fn from_files(
+        mut files: ModelFiles,
+        device: &Device,
+    ) -> Result<(Self, AutoencoderKlConfig)> {
+        let config_file = files.label("config.json");
+        let c: AutoencoderKlConfig = files.json("config.json")?;
+        let unsupported = |field: &str, value: String| {
+            Err(Error::Unsupported(format!(
+                "{config_file}: {field} = {value}"
+            )))
+        };
+        if c.act_fn != "silu" {
+            return unsupported("act_fn", c.act_fn.clone());
+        }
+        if let Some(t) = c.up_block_types.iter().find(|t| *t != "UpDecoderBlock2D") {
+            return unsupported("up_block_types", t.clone());
+        }
+        if c.block_out_channels.is_empty() || c.up_block_types.len() != c.block_out_channels.len() {
+            return unsupported(
+                "up_block_types",
+                format!(
+                    "{} entries for {} block_out_channels",
+                    c.up_block_types.len(),
+                    c.block_out_channels.len()
+                ),
+            );
+        }
+        if let Some(ch) = c
+            .block_out_channels
+            .iter()
+            .find(|ch| c.norm_num_groups == 0 || !ch.is_multiple_of(c.norm_num_groups))
+        {
+            return unsupported(
+                "norm_num_groups",
+                format!("{} does not divide {ch} channels", c.norm_num_groups),
+            );
+        }
+        let name = files.first_of(DIFFUSERS_WEIGHTS)?;
+        let file = files.label(name);
+        let bytes = files.take(name).unwrap_or_default();
+        let model = weights::load_into(
+            Self::new(&c, device),
+            &file,
+            bytes,
+            &["encoder.", "quant_conv."],
+        )?;
+        Ok((model, c))
+    }
+
+    /// Latents (already divided by the scaling factor) to an image in about [-1, 1].
+    ///
+    /// # Shapes
+    /// - latents: `[batch, latent_channels, h, w]`; output `[batch, out_channels, h * 2^(blocks-1), ..]`
+    pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
+        let z = match &self.post_quant_conv {
+            Some(conv) => conv.forward(latents),
+            None => latents,
+        };
+        let d = &self.decoder;
+        let mut x = d.conv_in.forward(z);
+        let mid = &d.mid_block;
+        x = mid.resnets[0].forward(x);
+        for attention in &mid.attentions {
+            x = attention.forward(x);
+        }
+        x = mid.resnets[1].forward(x);
+        for block in &d.up_blocks {
+            for resnet in &block.resnets {
+                x = resnet.forward(x);
+            }
+            for up in &block.upsamplers {
+                x = up.conv.forward(upsample_nearest(x, 2));
+            }
+        }
+        d.conv_out.forward(silu(d.conv_norm_out.forward(x)))
+    }
+}
