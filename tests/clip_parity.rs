@@ -194,14 +194,7 @@ fn config_presets_parse_with_transformers_defaults() {
 /// SD 2.x's text encoder: a standalone CLIPTextModel (gelu, pad "!") in f16.
 #[test]
 fn sd2_text_encoder_matches_transformers() {
-    let reference = reference_json();
-    let prompts: Vec<String> =
-        serde_json::from_value(reference["clip-openclip"]["scored_prompts"].clone()).unwrap();
-    let tokenizer = ClipTokenizer::from_files(&model_files("clip-openclip")).unwrap();
-    let tokens: Vec<_> = prompts
-        .iter()
-        .map(|p| tokenizer.encode(p, false).unwrap())
-        .collect();
+    let tokens = openclip_scored_tokens();
     for device in devices() {
         let encoder =
             ClipTextEncoder::from_files(model_files("sd2-text-encoder"), &device.device).unwrap();
@@ -238,14 +231,7 @@ fn sd2_text_encoder_matches_transformers() {
 /// the final LayerNorm, and the projected pooled output.
 #[test]
 fn sdxl_second_text_encoder_matches_transformers() {
-    let reference = reference_json();
-    let prompts: Vec<String> =
-        serde_json::from_value(reference["clip-openclip"]["scored_prompts"].clone()).unwrap();
-    let tokenizer = ClipTokenizer::from_files(&model_files("clip-openclip")).unwrap();
-    let tokens: Vec<_> = prompts
-        .iter()
-        .map(|p| tokenizer.encode(p, false).unwrap())
-        .collect();
+    let tokens = openclip_scored_tokens();
     for device in devices() {
         let encoder =
             ClipTextEncoder::from_files(model_files("sdxl-text-encoder-2"), &device.device)
@@ -269,4 +255,16 @@ fn sdxl_second_text_encoder_matches_transformers() {
             RTOL,
         );
     }
+}
+
+/// The scored prompts through the OpenCLIP tokenizer (pad "!"), as SD 2.x and SDXL use it.
+fn openclip_scored_tokens() -> Vec<tastebud_core::tokenizer::TokenizedPrompt> {
+    let reference = reference_json();
+    let prompts: Vec<String> =
+        serde_json::from_value(reference["clip-openclip"]["scored_prompts"].clone()).unwrap();
+    let tokenizer = ClipTokenizer::from_files(&model_files("clip-openclip")).unwrap();
+    prompts
+        .iter()
+        .map(|p| tokenizer.encode(p, false).unwrap())
+        .collect()
 }
