@@ -148,7 +148,7 @@ impl Clip {
         let vocab = self.config.text_config.vocab_size as u32;
         if let Some(id) = tokens.ids.iter().find(|&&id| id >= vocab) {
             return Err(Error::Tokenizer {
-                file: "tokenizer".into(),
+                file: "tokenizer vs config.json (text_config.vocab_size)".into(),
                 reason: format!("token id {id} is outside the text model's vocabulary of {vocab}"),
             });
         }
