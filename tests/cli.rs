@@ -236,3 +236,157 @@ fn devices_lists_cpu_and_wgpu_adapters() {
             .all(|a| a["name"].is_string() && a["api"].is_string())
     );
 }
+
+fn temp_png(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tastebud-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// `tastebud generate --noise` reproduces diffusers' PNG within 1 level, on the CPU and the
+/// GPU, and records the prompt, noise, steps and model in the PNG's text chunks.
+#[test]
+fn generate_reproduces_diffusers_pngs() {
+    let reference = reference_json();
+    let cases = reference["pipelines"].as_array().unwrap();
+    for (i, device) in [(0, "cpu"), (2, "gpu"), (4, "cpu")] {
+        let case = &cases[i];
+        let out_path = temp_png(&format!("case{i}.png"));
+        let steps = case["steps"].to_string();
+        let out = tastebud(&[
+            "generate",
+            "--model",
+            &fixture(case["model"].as_str().unwrap()),
+            "--prompt",
+            case["prompt"].as_str().unwrap(),
+            "--noise",
+            &fixture(case["noise"].as_str().unwrap()),
+            "--steps",
+            &steps,
+            "--device",
+            device,
+            "--json",
+            "--out",
+            &out_path.display().to_string(),
+        ]);
+        assert!(out.status.success(), "case {i}: {}", stderr(&out));
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(json["ms"]["denoise"].as_f64().unwrap() > 0.0);
+        let got = image::open(&out_path).unwrap().to_rgb8().into_raw();
+        let (_, _, want) = fixture_png(case["image"].as_str().unwrap());
+        assert!(max_pixel_diff(&got, &want) <= 1, "case {i} on {device}");
+        // The long prompt of case 4 is cut, with a warning.
+        assert_eq!(
+            stderr(&out).contains("the end was cut"),
+            i == 4,
+            "{}",
+            stderr(&out)
+        );
+        let decoder = png::Decoder::new(std::io::BufReader::new(
+            std::fs::File::open(&out_path).unwrap(),
+        ));
+        let reader = decoder.read_info().unwrap();
+        let text: Vec<(String, String)> = reader
+            .info()
+            .utf8_text
+            .iter()
+            .map(|t| (t.keyword.clone(), t.get_text().unwrap()))
+            .collect();
+        let get = |k: &str| {
+            text.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("prompt").as_deref(), case["prompt"].as_str());
+        assert_eq!(get("steps"), Some(steps.clone()));
+        assert!(
+            get("noise")
+                .unwrap()
+                .contains(case["noise"].as_str().unwrap())
+        );
+    }
+}
+
+#[test]
+fn generate_with_a_seed_and_taesd() {
+    let out_path = temp_png("seeded.png");
+    let args = |seed: &str| {
+        vec![
+            "generate".to_string(),
+            "--model".into(),
+            fixture("sd-turbo-tiny"),
+            "--decoder".into(),
+            fixture("taesd"),
+            "--prompt".into(),
+            "a cat".into(),
+            "--seed".into(),
+            seed.into(),
+            "--width".into(),
+            "40".into(),
+            "--height".into(),
+            "24".into(),
+            "--device".into(),
+            "cpu".into(),
+            "--verbose".into(),
+            "--out".into(),
+            out_path.display().to_string(),
+        ]
+    };
+    let run = |seed: &str| {
+        let a = args(seed);
+        let out = tastebud(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stderr(&out).contains("denoise"), "--verbose prints timings");
+        image::open(&out_path).unwrap().to_rgb8()
+    };
+    let a = run("3");
+    assert_eq!((a.width(), a.height()), (40, 24));
+    assert_eq!(a, run("3"), "a seed is reproducible");
+    assert_ne!(a, run("4"));
+}
+
+#[test]
+fn generate_refuses_bad_input_by_name() {
+    let out_path = temp_png("bad.png").display().to_string();
+    let model = fixture("sd-turbo-tiny");
+    let noise = fixture("noise1.npy");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--width", "44"],
+            "width: 44 pixels: must be a positive multiple of 8",
+        ),
+        (vec!["--steps", "9"], "steps: 9"),
+        (
+            vec!["--noise", &noise, "--width", "64"],
+            "noise: shape [1, 4, 6, 5]",
+        ),
+        (
+            vec!["--noise", "/nonexistent.npy"],
+            "reading noise /nonexistent.npy",
+        ),
+        (vec!["--device", "tpu"], "tpu"),
+    ];
+    for (extra, named) in cases {
+        let mut args = vec![
+            "generate", "--model", &model, "--prompt", "a cat", "--out", &out_path,
+        ];
+        args.extend(extra);
+        let out = tastebud(&args);
+        assert!(!out.status.success(), "{named}");
+        assert!(stderr(&out).contains(named), "{named}: {}", stderr(&out));
+    }
+    let out = tastebud(&[
+        "generate",
+        "--model",
+        &fixture("taesd"),
+        "--prompt",
+        "a",
+        "--out",
+        &out_path,
+    ]);
+    assert!(
+        stderr(&out).contains("not a diffusers snapshot (no model_index.json)"),
+        "{}",
+        stderr(&out)
+    );
+}

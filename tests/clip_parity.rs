@@ -197,7 +197,8 @@ fn sd2_text_encoder_matches_transformers() {
     let tokens = openclip_scored_tokens();
     for device in devices() {
         let encoder =
-            ClipTextEncoder::from_files(model_files("sd2-text-encoder"), &device.device).unwrap();
+            ClipTextEncoder::from_files(model_files("sd-turbo-tiny/text_encoder"), &device.device)
+                .unwrap();
         assert!(encoder.model.text_projection.is_none());
         let out = encoder.forward(&tokens).unwrap();
         let on = device_name(&device);
@@ -217,7 +218,7 @@ fn sd2_text_encoder_matches_transformers() {
     let mut bad = tokens[0].clone();
     bad.eos_index = 77;
     let encoder = ClipTextEncoder::from_files(
-        model_files("sd2-text-encoder"),
+        model_files("sd-turbo-tiny/text_encoder"),
         &tastebud_core::ComputeDevice::cpu().device,
     )
     .unwrap();
@@ -233,20 +234,21 @@ fn sd2_text_encoder_matches_transformers() {
 fn sdxl_second_text_encoder_matches_transformers() {
     let tokens = openclip_scored_tokens();
     for device in devices() {
-        let encoder =
-            ClipTextEncoder::from_files(model_files("sdxl-text-encoder-2"), &device.device)
-                .unwrap();
+        let encoder = ClipTextEncoder::from_files(
+            model_files("sdxl-turbo-tiny/text_encoder_2"),
+            &device.device,
+        )
+        .unwrap();
         let on = device_name(&device);
-        let penultimate = encoder.penultimate_hidden_state(&tokens).unwrap();
+        let (penultimate, out) = encoder.forward_with_penultimate(&tokens).unwrap();
         assert_close(
             &format!("sdxl penultimate on {on}"),
             &read(penultimate),
             &reference_tensor("sdxl-text-encoder-2.penultimate").0,
             RTOL,
         );
-        let pooled = encoder.forward(&tokens).unwrap().pooled;
         let projected = encoder
-            .project(pooled)
+            .project(out.pooled)
             .expect("CLIPTextModelWithProjection has a projection");
         assert_close(
             &format!("sdxl text_embeds on {on}"),

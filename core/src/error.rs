@@ -81,6 +81,16 @@ pub enum Error {
     Unsupported(String),
 }
 
+impl Error {
+    /// [`Error::BadArgument`] from anything printable.
+    pub fn argument(argument: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::BadArgument {
+            argument: argument.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
 fn list(names: &[String]) -> String {
     const SHOWN: usize = 8;
     let mut out = names

@@ -40,6 +40,24 @@ impl ModelFiles {
         self.files.remove(name)
     }
 
+    /// Moves the files under `folder/` out into their own set (a pipeline's component).
+    pub fn subfolder(&mut self, folder: &str) -> ModelFiles {
+        let prefix = format!("{}/", folder.trim_end_matches('/'));
+        let names: Vec<String> = self
+            .files
+            .keys()
+            .filter(|n| n.starts_with(&prefix))
+            .cloned()
+            .collect();
+        let mut sub = ModelFiles::new(self.label(folder));
+        for name in names {
+            if let Some(bytes) = self.files.remove(&name) {
+                sub.insert(&name[prefix.len()..], bytes);
+            }
+        }
+        sub
+    }
+
     /// The path of a file for error messages: `origin/name`.
     pub fn label(&self, name: &str) -> String {
         format!("{}/{}", self.origin.trim_end_matches('/'), name)

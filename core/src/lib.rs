@@ -5,6 +5,8 @@ pub mod device;
 pub mod error;
 pub mod files;
 pub mod models;
+pub mod noise;
+pub mod pipeline;
 pub mod preprocess;
 pub mod scheduler;
 pub mod tokenizer;

@@ -199,4 +199,21 @@ impl EulerScheduler {
         let derivative = (sample.clone() - x0) / sigma;
         sample + derivative * (self.sigmas[step + 1] - sigma)
     }
+
+    /// One `EulerAncestralDiscreteScheduler` step: the deterministic move to sigma_down plus
+    /// `noise * sigma_up`. At the last step (sigma 0) it equals [`Self::step`].
+    pub fn step_ancestral<const D: usize>(
+        &self,
+        model_output: Tensor<D>,
+        step: usize,
+        sample: Tensor<D>,
+        noise: Tensor<D>,
+    ) -> Tensor<D> {
+        let (from, to) = (self.sigmas[step], self.sigmas[step + 1]);
+        let up = (to * to * (from * from - to * to) / (from * from)).sqrt();
+        let down = (to * to - up * up).sqrt();
+        let x0 = self.pred_original(model_output, step, sample.clone());
+        let derivative = (sample.clone() - x0) / from;
+        sample + derivative * (down - from) + noise * up
+    }
 }

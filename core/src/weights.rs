@@ -51,26 +51,47 @@ pub fn read_scalar(file: &str, bytes: &[u8], name: &str) -> Result<Option<f32>> 
         file: file.to_string(),
         reason: e.to_string(),
     })?;
-    let Ok(view) = st.tensor(name) else {
+    if st.tensor(name).is_err() {
         return Ok(None);
-    };
-    let data = view.data();
+    }
+    let values = read_f32(file, bytes, name)?;
     let bad = |reason: &str| Error::BadTensor {
         file: file.to_string(),
         tensor: name.to_string(),
         reason: reason.to_string(),
     };
-    if view.shape().iter().product::<usize>() != 1 {
-        return Err(bad("expected a single value"));
+    match values.as_slice() {
+        [v] if v.is_finite() => Ok(Some(*v)),
+        [_] => Err(bad("value is not finite")),
+        _ => Err(bad("expected a single value")),
     }
-    let value = match view.dtype() {
-        Dtype::F32 => f32::from_le_bytes(data.try_into().map_err(|_| bad("truncated"))?),
-        Dtype::F16 => {
-            half::f16::from_le_bytes(data.try_into().map_err(|_| bad("truncated"))?).to_f32()
-        }
-        Dtype::BF16 => {
-            half::bf16::from_le_bytes(data.try_into().map_err(|_| bad("truncated"))?).to_f32()
-        }
+}
+
+/// Reads one float tensor (F32, F16 or BF16) to f32 values, in file order.
+pub fn read_f32(file: &str, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::CorruptWeights {
+        file: file.to_string(),
+        reason: e.to_string(),
+    })?;
+    let view = st.tensor(name).map_err(|e| Error::BadTensor {
+        file: file.to_string(),
+        tensor: name.to_string(),
+        reason: e.to_string(),
+    })?;
+    let data = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
         other => {
             return Err(Error::BadDtype {
                 file: file.to_string(),
@@ -78,11 +99,7 @@ pub fn read_scalar(file: &str, bytes: &[u8], name: &str) -> Result<Option<f32>> 
                 dtype: format!("{other:?}"),
             });
         }
-    };
-    if !value.is_finite() {
-        return Err(bad("value is not finite"));
-    }
-    Ok(Some(value))
+    })
 }
 
 /// Loads `bytes` (a safetensors file named `file`) into `module`.
@@ -126,7 +143,9 @@ pub fn load_remapped<M: Module + ModuleSnapshot>(
             FloatCastAdapter::to(DType::F32),
         ))
         .allow_partial(true)
-        .validate(false);
+        .validate(false)
+        // Enum modules (a conv-or-linear projection) add no name of their own, as in PyTorch.
+        .skip_enum_variants(true);
     for (from, to) in remap {
         store = store.with_key_remapping(from, to.clone());
     }

@@ -1,5 +1,7 @@
 //! `tastebud`: the command-line front end. Reads files, picks a device, calls the core.
 
+mod generate;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -23,6 +25,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate an image from a prompt with a one-step diffusers snapshot (SD-Turbo, SDXL-Turbo, SD 1.x/2.x).
+    Generate(generate::GenerateArgs),
+    /// Time each stage of generation and report peak memory (JSON).
+    Bench(generate::BenchArgs),
     /// Score images against a prompt with a CLIP model (cosine and logit-scaled CLIPScore).
     Score(ScoreArgs),
     /// List the devices Tastebud can run on.
@@ -60,6 +66,8 @@ struct ScoreArgs {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Generate(args) => generate::generate(&args),
+        Command::Bench(args) => generate::bench(&args),
         Command::Score(args) => score(&args),
         Command::Devices { json } => devices(json),
     }
@@ -85,7 +93,7 @@ fn read_model_folder(folder: &Path, names: &[&str]) -> Result<ModelFiles> {
     Ok(files)
 }
 
-fn open_device(choice: &str) -> Result<ComputeDevice> {
+pub(crate) fn open_device(choice: &str) -> Result<ComputeDevice> {
     let choice: DeviceChoice = choice.parse()?;
     let device = pollster::block_on(device::open(choice))?;
     eprintln!("device: {}", device.describe());

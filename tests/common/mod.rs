@@ -27,6 +27,43 @@ pub fn model_files(name: &str) -> ModelFiles {
     files
 }
 
+/// A whole snapshot, files named by their path inside it (as `ModelIndex::files` names them).
+pub fn snapshot_files(name: &str) -> ModelFiles {
+    fn walk(dir: &std::path::Path, prefix: &str, files: &mut ModelFiles) {
+        for entry in std::fs::read_dir(dir).expect("fixture folder") {
+            let entry = entry.expect("fixture entry");
+            let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            if entry.path().is_dir() {
+                walk(&entry.path(), &format!("{name}/"), files);
+            } else {
+                files.insert(name, std::fs::read(entry.path()).expect("fixture file"));
+            }
+        }
+    }
+    let dir = fixtures().join(name);
+    let mut files = ModelFiles::new(dir.display().to_string());
+    walk(&dir, "", &mut files);
+    files
+}
+
+/// An 8-bit RGB PNG from the fixtures: (width, height, pixels).
+pub fn fixture_png(name: &str) -> (usize, usize, Vec<u8>) {
+    let img = image::open(fixtures().join(name))
+        .expect("fixture png")
+        .to_rgb8();
+    (img.width() as usize, img.height() as usize, img.into_raw())
+}
+
+/// Largest per-channel difference between two 8-bit images.
+pub fn max_pixel_diff(a: &[u8], b: &[u8]) -> u8 {
+    assert_eq!(a.len(), b.len(), "image sizes differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
+}
+
 pub fn reference_json() -> Value {
     let bytes = std::fs::read(fixtures().join("reference.json")).expect("reference.json");
     serde_json::from_slice(&bytes).expect("reference.json parses")

@@ -74,7 +74,7 @@ def tiny_clip_config(act, layers):
     )
 
 
-def save_clip(model, folder, fp16):
+def save_clip(model, folder, fp16, name=None):
     """Writes the checkpoint with the key names real hub files have (text_model., ...)."""
     os.makedirs(folder, exist_ok=True)
     model.config.save_pretrained(folder)
@@ -88,9 +88,8 @@ def save_clip(model, folder, fp16):
     assert any(k.startswith("text_model.") for k in state), sorted(state)[:5]
     if fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        save_file(state, os.path.join(folder, "model.fp16.safetensors"), metadata={"format": "pt"})
-    else:
-        save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    name = name or ("model.fp16.safetensors" if fp16 else "model.safetensors")
+    save_file(state, os.path.join(folder, name), metadata={"format": "pt"})
 
 
 def test_images():
@@ -107,6 +106,183 @@ def test_images():
         img = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
         out.append(Image.fromarray(img, "RGB"))
     return out
+
+
+def write_tokenizer(folder, vocab, merges, pad, as_json):
+    """A `tokenizer/` folder as hub snapshots have it: vocab.json + merges.txt (SD 1.x/2.x,
+    SDXL) or tokenizer.json (newer snapshots). Replaces what save_pretrained wrote."""
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    if as_json:
+        tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges], pad_token=pad,
+                            model_max_length=77)
+        tok.save_pretrained(folder)
+        for extra in ("vocab.json", "merges.txt"):
+            p = os.path.join(folder, extra)
+            if os.path.exists(p):
+                os.remove(p)
+    else:
+        with open(os.path.join(folder, "vocab.json"), "w") as f:
+            json.dump(vocab, f, ensure_ascii=False)
+        with open(os.path.join(folder, "merges.txt"), "w") as f:
+            f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+        with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+            json.dump({"model_max_length": 77, "pad_token": pad, "tokenizer_class": "CLIPTokenizer"}, f)
+        with open(os.path.join(folder, "special_tokens_map.json"), "w") as f:
+            json.dump({"pad_token": {"content": pad, "lstrip": False, "normalized": True,
+                                     "rstrip": False, "single_word": False}}, f)
+    tok = CLIPTokenizer.from_pretrained(folder)
+    assert tok.pad_token == pad and len(tok) == 49408
+    return tok
+
+
+def tiny_vae():
+    """AutoencoderKL with SD's four-level layout (8x upsampling) and narrow channels."""
+    from diffusers import AutoencoderKL
+    return AutoencoderKL(block_out_channels=(4, 4, 8, 8), layers_per_block=1, norm_num_groups=4,
+                         down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, sample_size=32).eval()
+
+
+def half_roundtrip(module):
+    """The module with its weights rounded through f16, as a fp16 file stores them."""
+    return module.half().float()
+
+
+# Whole one-step pipelines, saved by diffusers as hub snapshots and reloaded from disk for the
+# references. Sizes are non-square, and latent sides are odd where the UNet must upsample to a
+# recorded size.
+PIPELINE_CASES = [
+    # (folder, prompt, height, width, steps, noise seed)
+    ("sd1-tiny", "a photo of a cat", 32, 56, 1, 21),
+    ("sd-turbo-tiny", "A Watercolor PAINTING of an old lighthouse, at dusk!!", 48, 40, 1, 22),
+    ("sd-turbo-tiny", "a photo of a cat", 48, 40, 2, 23),
+    ("sdxl-turbo-tiny", "a photo of a cat", 40, 48, 1, 24),
+    ("sdxl-turbo-tiny", "a " * 100 + "very long prompt", 40, 48, 1, 25),
+]
+
+
+def memory_tokenizer(vocab, merges, pad):
+    return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges], pad_token=pad,
+                         model_max_length=77)
+
+
+def make_pipelines(tensors, ref, vocab, merges, sd2_text, sdxl_text_2):
+    from diffusers import (EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
+                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    turbo = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                 prediction_type="epsilon", timestep_spacing="trailing", steps_offset=1)
+
+    # SD 1.x: CLIP-L-like quick_gelu text encoder (last hidden state), tokenizer.json, conv
+    # proj_in, one head count, f32 weights.
+    folder = os.path.join(ROOT, "sd1-tiny")
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
+        pad_token_id=1, projection_dim=8)).eval()
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8, attention_head_dim=2).eval()
+    pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=text, tokenizer=memory_tokenizer(
+        vocab, merges, "<|endoftext|>"), unet=unet, scheduler=EulerDiscreteScheduler(**turbo),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    write_tokenizer(os.path.join(folder, "tokenizer"), vocab, merges, "<|endoftext|>", True)
+    save_clip(text, os.path.join(folder, "text_encoder"), fp16=False)
+
+    # SD 2.x / SD-Turbo: OpenCLIP-style gelu encoder (f16, pad "!"), vocab.json + merges.txt,
+    # linear projections, per-block heads; f16 tensors in the default file names.
+    folder = os.path.join(ROOT, "sd-turbo-tiny")
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(8, 16, 16), layers_per_block=2, norm_num_groups=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=[1, 2, 4], use_linear_projection=True).eval()
+    unet = half_roundtrip(unet)
+    pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=sd2_text, tokenizer=memory_tokenizer(
+        vocab, merges, "!"), unet=unet, scheduler=EulerDiscreteScheduler(**turbo), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    write_tokenizer(os.path.join(folder, "tokenizer"), vocab, merges, "!", False)
+    save_clip(sd2_text, os.path.join(folder, "text_encoder"), fp16=True, name="model.safetensors")
+    unet_state = {k: v.half().contiguous() for k, v in unet.state_dict().items()}
+    save_file(unet_state, os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors"),
+              metadata={"format": "pt"})
+
+    # SDXL / SDXL-Turbo: two encoders (quick_gelu CLIPTextModel + gelu WithProjection),
+    # text_time conditioning, transformer_layers_per_block, a first block without attention,
+    # Euler ancestral scheduler, VAE scale 0.13025.
+    folder = os.path.join(ROOT, "sdxl-turbo-tiny")
+    text_1 = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
+        pad_token_id=1, projection_dim=8)).eval()
+    text_1 = half_roundtrip(text_1)
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(8, 16, 16), layers_per_block=2, norm_num_groups=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=[1, 1, 2], cross_attention_dim=8 + 16, attention_head_dim=[1, 2, 4],
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=4,
+        projection_class_embeddings_input_dim=8 + 6 * 4).eval()
+    vae = tiny_vae()
+    vae.register_to_config(scaling_factor=0.13025, force_upcast=False)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_1, text_encoder_2=sdxl_text_2,
+        tokenizer=memory_tokenizer(vocab, merges, "<|endoftext|>"), tokenizer_2=memory_tokenizer(vocab, merges, "!"),
+        unet=unet, scheduler=EulerAncestralDiscreteScheduler(**turbo), force_zeros_for_empty_prompt=True)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    write_tokenizer(os.path.join(folder, "tokenizer"), vocab, merges, "<|endoftext|>", False)
+    write_tokenizer(os.path.join(folder, "tokenizer_2"), vocab, merges, "!", False)
+    for sub, model in (("text_encoder", text_1), ("text_encoder_2", sdxl_text_2)):
+        save_clip(model, os.path.join(folder, sub), fp16=True, name="model.safetensors")
+
+    ref["pipelines"] = []
+    for i, (name, prompt, height, width, steps, seed) in enumerate(PIPELINE_CASES):
+        cls = StableDiffusionXLPipeline if name.startswith("sdxl") else StableDiffusionPipeline
+        pipe = cls.from_pretrained(os.path.join(ROOT, name), torch_dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        noise = torch.randn(1, 4, height // 8, width // 8, generator=torch.Generator().manual_seed(seed))
+        np.save(os.path.join(ROOT, f"noise{i}.npy"), noise.numpy())
+        with torch.no_grad():
+            out = pipe(prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=0.0,
+                       latents=noise.clone(), output_type="np").images
+            pixels = (out[0] * 255).round().astype(np.uint8)
+            Image.fromarray(pixels).save(os.path.join(ROOT, f"{name}-{i}.png"))
+            # Components for the first step, as the pipeline calls them.
+            sched = pipe.scheduler
+            sched.set_timesteps(steps)
+            t = sched.timesteps[0]
+            sample = sched.scale_model_input(noise * sched.init_noise_sigma, t)
+            if cls is StableDiffusionXLPipeline:
+                embeds, _, pooled, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False)
+                time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
+                cond = {"text_embeds": pooled, "time_ids": time_ids}
+                tensors[f"pipeline{i}.pooled"] = pooled
+            else:
+                embeds, _ = pipe.encode_prompt(prompt, "cpu", 1, False)
+                cond = None
+            eps = pipe.unet(sample, t, encoder_hidden_states=embeds, added_cond_kwargs=cond).sample
+        tensors[f"pipeline{i}.prompt_embeds"] = embeds
+        tensors[f"pipeline{i}.unet_input"] = sample
+        tensors[f"pipeline{i}.unet_output"] = eps
+        ref["pipelines"].append({"model": name, "prompt": prompt, "height": height, "width": width,
+                                 "steps": steps, "noise": f"noise{i}.npy", "image": f"{name}-{i}.png",
+                                 "timestep": float(t)})
+
+    # The decoder swap: sd-turbo-tiny with TAESD instead of its VAE.
+    from diffusers import AutoencoderTiny
+    pipe = StableDiffusionPipeline.from_pretrained(os.path.join(ROOT, "sd-turbo-tiny"),
+                                                   vae=AutoencoderTiny.from_pretrained(os.path.join(ROOT, "taesd")))
+    pipe.set_progress_bar_config(disable=True)
+    case = ref["pipelines"][1]
+    noise = torch.from_numpy(np.load(os.path.join(ROOT, case["noise"])))
+    with torch.no_grad():
+        out = pipe(case["prompt"], height=case["height"], width=case["width"], num_inference_steps=1,
+                   guidance_scale=0.0, latents=noise, output_type="np").images
+    Image.fromarray((out[0] * 255).round().astype(np.uint8)).save(os.path.join(ROOT, "sd-turbo-tiny-taesd.png"))
+    ref["taesd_swap"] = dict(case, image="sd-turbo-tiny-taesd.png", decoder="taesd")
 
 
 def main():
@@ -188,14 +364,12 @@ def main():
             tensors[f"{name}.cosine"] = (ie / ie.norm(dim=-1, keepdim=True)) @ (te / te.norm(dim=-1, keepdim=True)).T
         ref[name]["scored_prompts"] = scored
 
-    # A standalone SD 2.x-style text encoder (the `text_encoder/` folder of a diffusers
-    # snapshot): CLIPTextModel, gelu, pad "!" (its tokenizer is clip-openclip's), f16 weights.
-    folder = os.path.join(ROOT, "sd2-text-encoder")
+    # The SD 2.x-style text encoder of the sd-turbo-tiny snapshot (`text_encoder/`):
+    # CLIPTextModel, gelu, pad "!" (its tokenizer is clip-openclip's), f16 weights.
     text_model = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
         num_attention_heads=2, max_position_embeddings=77, hidden_act="gelu",
         bos_token_id=49406, eos_token_id=49407, pad_token_id=1, projection_dim=16)).eval()
-    save_clip(text_model, folder, fp16=True)
     text_model = text_model.half().float()
     ids = ref["clip-openclip"]["ids"][:3]
     with torch.no_grad():
@@ -215,12 +389,10 @@ def main():
 
     # SDXL's second text encoder (CLIPTextModelWithProjection, bigG-style gelu): the penultimate
     # hidden state (no final LayerNorm) and the projected pooled output. Narrow, f16.
-    folder = os.path.join(ROOT, "sdxl-text-encoder-2")
     model2 = CLIPTextModelWithProjection(CLIPTextConfig(
         vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
         num_attention_heads=2, max_position_embeddings=77, hidden_act="gelu",
         bos_token_id=49406, eos_token_id=49407, pad_token_id=1, projection_dim=8)).eval()
-    save_clip(model2, folder, fp16=True)
     model2 = model2.half().float()
     with torch.no_grad():
         out = model2(input_ids=torch.tensor(ids), output_hidden_states=True)
@@ -273,6 +445,8 @@ def main():
     with torch.no_grad():
         tensors["vae.latents"] = latents
         tensors["vae.image"] = vae.decode(latents).sample
+
+    make_pipelines(tensors, ref, vocab, merges, text_model, model2)
 
     save_file({k: v.detach().float().contiguous() for k, v in tensors.items()},
               os.path.join(ROOT, "reference.safetensors"))

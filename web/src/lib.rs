@@ -6,6 +6,8 @@
 
 use serde_json::json;
 use tastebud_core::models::clip::{CLIP_FILES, Clip};
+use tastebud_core::noise::Noise;
+use tastebud_core::pipeline::{ModelIndex, Pipeline, Request};
 use tastebud_core::preprocess::decode_rgb;
 use tastebud_core::{ComputeDevice, DeviceChoice, ModelFiles, device};
 use wasm_bindgen::prelude::*;
@@ -16,6 +18,35 @@ pub struct Tastebud {
     device: ComputeDevice,
     pending: ModelFiles,
     clip: Option<Clip>,
+    pipeline: Option<Pipeline>,
+}
+
+/// A generated image: RGBA for a canvas (`new ImageData(rgba, width, height)`) and a PNG file
+/// with the prompt and settings in its text chunks.
+#[wasm_bindgen]
+pub struct GeneratedImage {
+    width: usize,
+    height: usize,
+    rgba: Vec<u8>,
+    png: Vec<u8>,
+}
+
+#[wasm_bindgen]
+impl GeneratedImage {
+    #[wasm_bindgen(getter)]
+    pub fn width(&self) -> usize {
+        self.width
+    }
+    #[wasm_bindgen(getter)]
+    pub fn height(&self) -> usize {
+        self.height
+    }
+    pub fn rgba(&self) -> Vec<u8> {
+        self.rgba.clone()
+    }
+    pub fn png(&self) -> Vec<u8> {
+        self.png.clone()
+    }
 }
 
 fn js(e: tastebud_core::Error) -> JsError {
@@ -33,6 +64,7 @@ impl Tastebud {
             device,
             pending: ModelFiles::default(),
             clip: None,
+            pipeline: None,
         })
     }
 
@@ -73,5 +105,76 @@ impl Tastebud {
             .first()
             .ok_or_else(|| JsError::new("no score returned"))?;
         Ok(json!({"cosine": s.cosine, "logit": s.logit}).to_string())
+    }
+
+    /// Which files of a diffusers snapshot to fetch, given its `model_index.json`: a JSON list
+    /// of groups; fetch the first name of each group that exists (relative to the snapshot).
+    pub fn pipeline_files(model_index: Vec<u8>) -> Result<String, JsError> {
+        let index = ModelIndex::parse("model_index.json", &model_index).map_err(js)?;
+        Ok(json!(index.files()).to_string())
+    }
+
+    /// Loads the staged files (`model_index.json` and the fetched components, named by their
+    /// path in the snapshot) as a generation pipeline.
+    pub fn load_pipeline(&mut self, origin: String) -> Result<(), JsError> {
+        let mut files = std::mem::take(&mut self.pending);
+        files.origin = origin;
+        self.pipeline = Some(Pipeline::from_files(files, &self.device.device).map_err(js)?);
+        Ok(())
+    }
+
+    /// Generates an image. `noise`: the bytes of a `.npy` or safetensors unit-Gaussian tensor
+    /// `[1, 4, H/8, W/8]` (diffusers' image for that noise), or `undefined` to draw it from
+    /// `seed`. `height`/`width`: pixels, or `undefined` for the noise's or model's size.
+    pub async fn generate(
+        &self,
+        prompt: String,
+        noise: Option<Vec<u8>>,
+        seed: u64,
+        steps: usize,
+        height: Option<usize>,
+        width: Option<usize>,
+    ) -> Result<GeneratedImage, JsError> {
+        let pipeline = self
+            .pipeline
+            .as_ref()
+            .ok_or_else(|| JsError::new("no pipeline loaded: call load_pipeline first"))?;
+        let noise = match &noise {
+            Some(bytes) => Some(Noise::from_bytes("noise", bytes).map_err(js)?),
+            None => None,
+        };
+        let from_seed = noise.is_none();
+        let request = Request {
+            prompt: prompt.clone(),
+            noise,
+            seed,
+            steps,
+            height,
+            width,
+        };
+        let image = pipeline.generate(&request).await.map_err(js)?;
+        let mut meta = vec![
+            ("prompt", prompt),
+            ("model", pipeline.origin.clone()),
+            ("steps", steps.to_string()),
+            ("software", "tastebud (browser)".to_string()),
+        ];
+        meta.push(if from_seed {
+            ("seed", seed.to_string())
+        } else {
+            ("noise", "given".to_string())
+        });
+        let png = image.to_png(&meta).map_err(js)?;
+        let rgba = image
+            .pixels
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect();
+        Ok(GeneratedImage {
+            width: image.width,
+            height: image.height,
+            rgba,
+            png,
+        })
     }
 }

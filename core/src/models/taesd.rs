@@ -7,7 +7,8 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
-use super::{DIFFUSERS_WEIGHTS, conv3, upsample_nearest};
+use super::DIFFUSERS_WEIGHTS;
+use super::layers::{conv3, upsample_nearest};
 use crate::files::ModelFiles;
 use crate::{Error, Result, weights};
 

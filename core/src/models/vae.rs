@@ -4,12 +4,13 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{silu, softmax};
+use burn::nn::{GroupNorm, Linear, LinearConfig};
+use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
-use super::{DIFFUSERS_WEIGHTS, conv3, upsample_nearest};
+use super::DIFFUSERS_WEIGHTS;
+use super::layers::{ResnetBlock, attention, conv3, group_norm, linear3, upsample_nearest};
 use crate::files::ModelFiles;
 use crate::{Error, Result, weights};
 
@@ -66,46 +67,8 @@ fn d_scale() -> f32 {
     0.18215
 }
 
+/// The VAE's GroupNorm epsilon (diffusers hard-codes 1e-6 in its encoder/decoder blocks).
 const EPS: f64 = 1e-6;
-
-fn group_norm(groups: usize, channels: usize, device: &Device) -> GroupNorm {
-    GroupNormConfig::new(groups, channels)
-        .with_epsilon(EPS)
-        .init(device)
-}
-
-/// `ResnetBlock2D` without time embedding: x + conv2(silu(norm2(conv1(silu(norm1(x)))))).
-#[derive(Module, Debug)]
-pub struct ResnetBlock {
-    pub norm1: GroupNorm,
-    pub conv1: Conv2d,
-    pub norm2: GroupNorm,
-    pub conv2: Conv2d,
-    pub conv_shortcut: Option<Conv2d>,
-}
-
-impl ResnetBlock {
-    fn new(cin: usize, cout: usize, groups: usize, device: &Device) -> Self {
-        Self {
-            norm1: group_norm(groups, cin, device),
-            conv1: conv3(cin, cout, true, device),
-            norm2: group_norm(groups, cout, device),
-            conv2: conv3(cout, cout, true, device),
-            conv_shortcut: (cin != cout)
-                .then(|| Conv2dConfig::new([cin, cout], [1, 1]).init(device)),
-        }
-    }
-
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
-        let skip = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
-            None => x,
-        };
-        skip + h
-    }
-}
 
 /// The mid block's `Attention`: one head over all pixels, with a residual connection.
 #[derive(Module, Debug)]
@@ -121,7 +84,7 @@ impl SpatialAttention {
     fn new(channels: usize, groups: usize, device: &Device) -> Self {
         let linear = || LinearConfig::new(channels, channels).init(device);
         Self {
-            group_norm: group_norm(groups, channels, device),
+            group_norm: group_norm(groups, channels, EPS, device),
             to_q: linear(),
             to_k: linear(),
             to_v: linear(),
@@ -136,15 +99,12 @@ impl SpatialAttention {
             .forward(x.clone())
             .reshape([b, c, h * w])
             .swap_dims(1, 2);
-        let flat = |t: Tensor<3>| t.reshape([b * h * w, c]);
-        let unflat = |t: Tensor<2>| t.reshape([b, h * w, c]);
-        let q = unflat(self.to_q.forward(flat(tokens.clone())));
-        let k = unflat(self.to_k.forward(flat(tokens.clone())));
-        let v = unflat(self.to_v.forward(flat(tokens)));
-        let scores = q.matmul(k.swap_dims(1, 2)) * (c as f64).powf(-0.5);
-        let out = softmax(scores, 2).matmul(v);
-        let out = self.to_out.iter().fold(flat(out), |t, l| l.forward(t));
-        unflat(out).swap_dims(1, 2).reshape([b, c, h, w]) + x
+        let q = linear3(&self.to_q, tokens.clone());
+        let k = linear3(&self.to_k, tokens.clone());
+        let v = linear3(&self.to_v, tokens);
+        let out = attention(q, k, v, 1);
+        let out = self.to_out.iter().fold(out, |t, l| linear3(l, t));
+        out.swap_dims(1, 2).reshape([b, c, h, w]) + x
     }
 }
 
@@ -193,7 +153,16 @@ impl AutoencoderKl {
             .map(|(i, &out)| {
                 let block = UpDecoderBlock {
                     resnets: (0..=c.layers_per_block)
-                        .map(|j| ResnetBlock::new(if j == 0 { prev } else { out }, out, g, device))
+                        .map(|j| {
+                            ResnetBlock::new(
+                                if j == 0 { prev } else { out },
+                                out,
+                                g,
+                                EPS,
+                                None,
+                                device,
+                            )
+                        })
                         .collect(),
                     upsamplers: if i + 1 < reversed.len() {
                         vec![Upsampler {
@@ -216,8 +185,8 @@ impl AutoencoderKl {
                 conv_in: conv3(c.latent_channels, top, true, device),
                 mid_block: MidBlock {
                     resnets: vec![
-                        ResnetBlock::new(top, top, g, device),
-                        ResnetBlock::new(top, top, g, device),
+                        ResnetBlock::new(top, top, g, EPS, None, device),
+                        ResnetBlock::new(top, top, g, EPS, None, device),
                     ],
                     attentions: if c.mid_block_add_attention {
                         vec![SpatialAttention::new(top, g, device)]
@@ -226,7 +195,7 @@ impl AutoencoderKl {
                     },
                 },
                 up_blocks,
-                conv_norm_out: group_norm(g, bottom, device),
+                conv_norm_out: group_norm(g, bottom, EPS, device),
                 conv_out: conv3(bottom, c.out_channels, true, device),
             },
         }
@@ -295,14 +264,14 @@ impl AutoencoderKl {
         let d = &self.decoder;
         let mut x = d.conv_in.forward(z);
         let mid = &d.mid_block;
-        x = mid.resnets[0].forward(x);
+        x = mid.resnets[0].forward(x, None);
         for attention in &mid.attentions {
             x = attention.forward(x);
         }
-        x = mid.resnets[1].forward(x);
+        x = mid.resnets[1].forward(x, None);
         for block in &d.up_blocks {
             for resnet in &block.resnets {
-                x = resnet.forward(x);
+                x = resnet.forward(x, None);
             }
             for up in &block.upsamplers {
                 x = up.conv.forward(upsample_nearest(x, 2));

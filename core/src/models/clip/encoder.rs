@@ -7,15 +7,7 @@ use burn::tensor::activation::{gelu, sigmoid, softmax};
 use burn::tensor::{Device, Tensor};
 
 use super::config::Activation;
-
-/// A Linear over the last dimension of `[batch, seq, in]`, as one 2-D matrix product: burn's
-/// flex backend runs a 2-D GEMM much faster than a broadcast batched one.
-fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
-    let [batch, seq, width] = x.dims();
-    let y = layer.forward(x.reshape([batch * seq, width]));
-    let out = y.dims()[1];
-    y.reshape([batch, seq, out])
-}
+use crate::models::layers::linear3 as linear;
 
 /// Multi-head self-attention with q/k/v/out projections (all with bias).
 #[derive(Module, Debug)]
@@ -158,11 +150,23 @@ impl ClipEncoder {
     /// Runs the first `depth` layers (all of them when `depth` is None).
     pub fn forward(
         &self,
-        mut x: Tensor<3>,
+        x: Tensor<3>,
         mask: Option<Tensor<4>>,
         depth: Option<usize>,
     ) -> Tensor<3> {
-        for layer in self.layers.iter().take(depth.unwrap_or(self.layers.len())) {
+        self.forward_layers(x, mask, 0..depth.unwrap_or(self.layers.len()))
+    }
+
+    /// Runs only the layers in `range` (to continue from a state taken part-way).
+    pub fn forward_layers(
+        &self,
+        mut x: Tensor<3>,
+        mask: Option<Tensor<4>>,
+        range: std::ops::Range<usize>,
+    ) -> Tensor<3> {
+        for layer in
+            &self.layers[range.start.min(self.layers.len())..range.end.min(self.layers.len())]
+        {
             let h = layer
                 .self_attn
                 .forward(layer.layer_norm1.forward(x.clone()), mask.clone());

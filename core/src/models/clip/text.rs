@@ -70,6 +70,30 @@ impl ClipTextTransformer {
     /// - ids: `batch` rows of `seq <= max_position_embeddings` ids; `eos_index[b]` in `0..seq`
     pub fn forward(&self, ids: &[Vec<u32>], eos_index: &[usize], device: &Device) -> TextOutput {
         let x = self.hidden_state(ids, self.encoder.layers.len(), device);
+        self.finish(x, eos_index, device)
+    }
+
+    /// One pass giving both transformers' `hidden_states[-2]` (no final LayerNorm) and the
+    /// usual outputs: SDXL conditions on the first and pools the second.
+    pub fn forward_with_penultimate(
+        &self,
+        ids: &[Vec<u32>],
+        eos_index: &[usize],
+        device: &Device,
+    ) -> (Tensor<3>, TextOutput) {
+        let n = self.encoder.layers.len();
+        let penultimate = self.hidden_state(ids, n.saturating_sub(1), device);
+        let seq = penultimate.dims()[1];
+        let last = self.encoder.forward_layers(
+            penultimate.clone(),
+            Some(causal_mask(seq, device)),
+            n.saturating_sub(1)..n,
+        );
+        (penultimate, self.finish(last, eos_index, device))
+    }
+
+    /// Final LayerNorm and pooling at each prompt's end-of-text token.
+    fn finish(&self, x: Tensor<3>, eos_index: &[usize], device: &Device) -> TextOutput {
         let [batch, seq, hidden] = x.dims();
         let last_hidden_state = self.final_layer_norm.forward(x);
         let rows: Vec<i64> = eos_index

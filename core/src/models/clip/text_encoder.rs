@@ -68,15 +68,18 @@ impl ClipTextEncoder {
         Ok(self.model.text_model.forward(&ids, &eos, &self.device))
     }
 
-    /// The state after the last layer but one, without the final LayerNorm: what SDXL's UNet
-    /// is conditioned on (transformers' `hidden_states[-2]`).
-    pub fn penultimate_hidden_state(&self, prompts: &[TokenizedPrompt]) -> Result<Tensor<3>> {
+    /// What SDXL takes from each encoder in one pass: the state after the last layer but one,
+    /// without the final LayerNorm (transformers' `hidden_states[-2]`), and the outputs.
+    pub fn forward_with_penultimate(
+        &self,
+        prompts: &[TokenizedPrompt],
+    ) -> Result<(Tensor<3>, TextOutput)> {
         let ids = self.checked_ids(prompts)?;
-        let layers = self.model.text_model.encoder.layers.len().saturating_sub(1);
+        let eos: Vec<usize> = prompts.iter().map(|p| p.eos_index).collect();
         Ok(self
             .model
             .text_model
-            .hidden_state(&ids, layers, &self.device))
+            .forward_with_penultimate(&ids, &eos, &self.device))
     }
 
     fn checked_ids(&self, prompts: &[TokenizedPrompt]) -> Result<Vec<Vec<u32>>> {

@@ -1,0 +1,364 @@
+//! `tastebud generate` and `tastebud bench`: a diffusers snapshot, a prompt and noise (or a
+//! seed) to a PNG, with per-stage timings.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use tastebud_core::burn::tensor::Tensor;
+use tastebud_core::noise::Noise;
+use tastebud_core::pipeline::{
+    LoadedDecoder, MODEL_INDEX, ModelIndex, Pipeline, Request, decoder_files, to_rgb8,
+};
+use tastebud_core::{ComputeDevice, ModelFiles, read_f32};
+
+use crate::open_device;
+
+#[derive(Args)]
+pub struct ModelArgs {
+    /// A diffusers snapshot folder (model_index.json, unet/, vae/, text_encoder/, ...).
+    #[arg(long)]
+    model: PathBuf,
+    /// Another image decoder folder to use instead of the snapshot's VAE (e.g. TAESD).
+    #[arg(long)]
+    decoder: Option<PathBuf>,
+    /// Where to run: auto (a hardware GPU, else CPU), gpu (any wgpu adapter) or cpu.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// What to draw. Prompts longer than the text encoder takes are cut, with a warning.
+    #[arg(long)]
+    prompt: String,
+    /// Seed for the initial noise (the same seed gives the same image on every device).
+    #[arg(long, default_value_t = 0, conflicts_with = "noise")]
+    seed: u64,
+    /// Initial unit-Gaussian noise [1, C, H/8, W/8] as .npy or safetensors: gives diffusers'
+    /// image for the same noise.
+    #[arg(long)]
+    noise: Option<PathBuf>,
+    /// Sampling steps (1 to 4).
+    #[arg(long, default_value_t = 1)]
+    steps: usize,
+    /// Image width in pixels (a multiple of 8; default: the noise's, else the model's).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Image height in pixels (a multiple of 8).
+    #[arg(long)]
+    height: Option<usize>,
+    /// The PNG to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print per-stage timings.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Print a JSON report (timings, sizes, device) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value = "a photo of a cat")]
+    prompt: String,
+    #[arg(long, default_value_t = 512)]
+    width: usize,
+    #[arg(long, default_value_t = 512)]
+    height: usize,
+    #[arg(long, default_value_t = 1)]
+    steps: usize,
+    /// Timed runs after one warm-up run (medians are reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
+}
+
+/// Reads a snapshot: `model_index.json`, then the first existing file of each group it lists.
+fn read_snapshot(folder: &Path, progress: &ProgressBar) -> Result<ModelFiles> {
+    let index_path = folder.join(MODEL_INDEX);
+    if !index_path.is_file() {
+        bail!(
+            "{}: not a diffusers snapshot (no {MODEL_INDEX})",
+            folder.display()
+        );
+    }
+    let index_bytes = std::fs::read(&index_path)?;
+    let index = ModelIndex::parse(&index_path.display().to_string(), &index_bytes)?;
+    let mut files = ModelFiles::new(folder.display().to_string());
+    files.insert(MODEL_INDEX, index_bytes);
+    read_groups(folder, &index.files(), &mut files, progress)?;
+    Ok(files)
+}
+
+fn read_groups(
+    folder: &Path,
+    groups: &[Vec<String>],
+    files: &mut ModelFiles,
+    progress: &ProgressBar,
+) -> Result<()> {
+    let chosen: Vec<&String> = groups
+        .iter()
+        .filter_map(|g| g.iter().find(|name| folder.join(name).is_file()))
+        .collect();
+    let total: u64 = chosen
+        .iter()
+        .filter_map(|n| std::fs::metadata(folder.join(n)).ok())
+        .map(|m| m.len())
+        .sum();
+    progress.set_length(total);
+    for name in chosen {
+        let path = folder.join(name);
+        progress.set_message(name.clone());
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        progress.inc(bytes.len() as u64);
+        files.insert(name.as_str(), bytes);
+    }
+    Ok(())
+}
+
+fn bar(hidden: bool, template: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        None,
+        if hidden {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        },
+    );
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Stage timings in milliseconds.
+#[derive(Default, Debug, Clone, Copy)]
+struct Timings {
+    read: f64,
+    load: f64,
+    text: f64,
+    denoise: f64,
+    decode: f64,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+/// Waits for a tensor's computation (reading one value back), so stage times are real on GPUs.
+fn settle<const D: usize>(t: &Tensor<D>) -> Result<()> {
+    let one = t.clone().flatten::<1>(0, D - 1).narrow(0, 0, 1);
+    pollster::block_on(read_f32(one))?;
+    Ok(())
+}
+
+fn load(args: &ModelArgs, hidden: bool, t: &mut Timings) -> Result<(Pipeline, ComputeDevice)> {
+    let started = Instant::now();
+    let reading = bar(
+        hidden,
+        "{spinner} reading {msg} {bytes}/{total_bytes} [{bar:30}]",
+    );
+    let files = read_snapshot(&args.model, &reading)?;
+    let decoder_files = match &args.decoder {
+        Some(dir) => {
+            let mut files = ModelFiles::new(dir.display().to_string());
+            read_groups(dir, &decoder_files(), &mut files, &reading)?;
+            Some(files)
+        }
+        None => None,
+    };
+    reading.finish_and_clear();
+    t.read = ms(started);
+    let device = open_device(&args.device)?;
+    let started = Instant::now();
+    let building = bar(
+        hidden,
+        "{spinner} loading the pipeline onto {msg} ({elapsed})",
+    );
+    building.set_message(device.describe());
+    let mut pipeline = Pipeline::from_files(files, &device.device)?;
+    if let Some(files) = decoder_files {
+        pipeline.set_decoder(LoadedDecoder::from_files(files, None, &device.device)?);
+    }
+    building.finish_and_clear();
+    t.load = ms(started);
+    Ok((pipeline, device))
+}
+
+/// Encode, denoise, decode and read back, timing each stage.
+fn run(
+    pipeline: &Pipeline,
+    request: &Request,
+    hidden: bool,
+    t: &mut Timings,
+) -> Result<tastebud_core::pipeline::RgbImage> {
+    let (_, _, noise) = pipeline.prepare(request)?;
+    let started = Instant::now();
+    let conditioning = pipeline.encode_prompt(&request.prompt)?;
+    settle(&conditioning.context)?;
+    t.text = ms(started);
+    if conditioning.truncated {
+        eprintln!(
+            "warning: the prompt is longer than the text encoder takes (77 tokens); the end was \
+             cut, as diffusers does"
+        );
+    }
+    let started = Instant::now();
+    let steps = bar(hidden, "{spinner} denoising step {pos}/{len} ({elapsed})");
+    steps.set_length(request.steps as u64);
+    let latents = pipeline.denoise(
+        &conditioning,
+        &noise,
+        request.steps,
+        request.seed,
+        &mut |done, _| steps.set_position(done as u64),
+    )?;
+    settle(&latents)?;
+    steps.finish_and_clear();
+    t.denoise = ms(started);
+    let started = Instant::now();
+    let image = pollster::block_on(to_rgb8(pipeline.decode(latents)))?;
+    t.decode = ms(started);
+    Ok(image)
+}
+
+pub fn generate(args: &GenerateArgs) -> Result<()> {
+    let noise = match &args.noise {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading noise {}", path.display()))?;
+            Some(Noise::from_bytes(&path.display().to_string(), &bytes)?)
+        }
+        None => None,
+    };
+    if args.out.extension().and_then(|e| e.to_str()) != Some("png") {
+        bail!("--out {}: must be a .png file", args.out.display());
+    }
+    let request = Request {
+        prompt: args.prompt.clone(),
+        noise,
+        seed: args.seed,
+        steps: args.steps,
+        height: args.height,
+        width: args.width,
+    };
+    let mut t = Timings::default();
+    let (pipeline, device) = load(&args.model, args.json, &mut t)?;
+    let image = run(&pipeline, &request, args.json, &mut t)?;
+    let source = match &args.noise {
+        Some(path) => format!("noise file {}", path.display()),
+        None => format!("seed {}", args.seed),
+    };
+    let mut meta = vec![
+        ("prompt", args.prompt.clone()),
+        ("model", args.model.model.display().to_string()),
+        ("steps", args.steps.to_string()),
+        ("noise", source.clone()),
+        (
+            "software",
+            format!("tastebud {}", env!("CARGO_PKG_VERSION")),
+        ),
+    ];
+    if let Some(d) = &args.model.decoder {
+        meta.push(("decoder", d.display().to_string()));
+    }
+    if args.noise.is_none() {
+        meta.push(("seed", args.seed.to_string()));
+    }
+    let png = image.to_png(&meta)?;
+    std::fs::write(&args.out, png).with_context(|| format!("writing {}", args.out.display()))?;
+    if args.json {
+        let out = json!({
+            "out": args.out.display().to_string(),
+            "width": image.width,
+            "height": image.height,
+            "steps": args.steps,
+            "noise": source,
+            "device": device.describe(),
+            "ms": {"read": t.read, "load": t.load, "text": t.text, "denoise": t.denoise, "decode": t.decode},
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        if args.verbose {
+            eprintln!(
+                "read {:.0} ms, load {:.0} ms, text {:.0} ms, denoise {:.0} ms, decode {:.0} ms",
+                t.read, t.load, t.text, t.denoise, t.decode
+            );
+        }
+        println!(
+            "wrote {} ({}x{}, {} step(s), {source})",
+            args.out.display(),
+            image.width,
+            image.height,
+            args.steps
+        );
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process in MiB (Linux), for benchmark reports.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    let mut t = Timings::default();
+    let (pipeline, device) = load(&args.model, true, &mut t)?;
+    let request = Request {
+        prompt: args.prompt.clone(),
+        noise: None,
+        seed: 0,
+        steps: args.steps,
+        height: Some(args.height),
+        width: Some(args.width),
+    };
+    eprintln!("warm-up run on {}", device.describe());
+    run(&pipeline, &request, true, &mut Timings::default())?;
+    let mut runs = vec![];
+    for i in 0..args.runs {
+        let mut r = Timings::default();
+        run(&pipeline, &request, true, &mut r)?;
+        eprintln!(
+            "run {}: text {:.0} ms, denoise {:.0} ms, decode {:.0} ms",
+            i + 1,
+            r.text,
+            r.denoise,
+            r.decode
+        );
+        runs.push(r);
+    }
+    let median = |f: fn(&Timings) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let out = json!({
+        "model": args.model.model.display().to_string(),
+        "device": device.describe(),
+        "width": args.width,
+        "height": args.height,
+        "steps": args.steps,
+        "runs": args.runs,
+        "read_ms": t.read,
+        "load_ms": t.load,
+        "text_ms": median(|r| r.text),
+        "denoise_ms": median(|r| r.denoise),
+        "decode_ms": median(|r| r.decode),
+        "total_ms": median(|r| r.text + r.denoise + r.decode),
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
