@@ -126,8 +126,8 @@ impl ModelIndex {
 
 /// The image decoder: the snapshot's VAE or a swapped-in TAESD.
 pub enum Decoder {
-    Kl(AutoencoderKl),
-    Tiny(TinyAutoencoder),
+    Kl(Box<AutoencoderKl>),
+    Tiny(Box<TinyAutoencoder>),
 }
 
 /// Files a decoder folder needs (`--decoder DIR`), alternatives in order of preference.
@@ -165,7 +165,7 @@ impl LoadedDecoder {
             "AutoencoderKL" => {
                 let (vae, c) = AutoencoderKl::from_files(files, device)?;
                 Ok(Self {
-                    decoder: Decoder::Kl(vae),
+                    decoder: Decoder::Kl(Box::new(vae)),
                     scaling_factor: c.scaling_factor,
                     upscale: 1 << (c.block_out_channels.len() - 1),
                     class,
@@ -175,7 +175,7 @@ impl LoadedDecoder {
                 let (taesd, c) = TinyAutoencoder::from_files(files, device)?;
                 let upscale = taesd.decoder.stages.iter().map(|s| s.upsample).product();
                 Ok(Self {
-                    decoder: Decoder::Tiny(taesd),
+                    decoder: Decoder::Tiny(Box::new(taesd)),
                     scaling_factor: c.scaling_factor,
                     upscale,
                     class,
