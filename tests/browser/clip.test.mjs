@@ -6,39 +6,18 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { fixtures, root, startBrowser } from './harness.mjs';
 
-const root = path.resolve(import.meta.dirname, '../..');
-const fixtures = path.join(root, 'tests/fixtures');
 const tastebud = process.env.TASTEBUD_BIN;
 const RTOL = 1e-4;
-const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript',
-  '.wasm': 'application/wasm', '.json': 'application/json', '.png': 'image/png' };
 
 let server, browser, base;
 
 before(async () => {
   assert.ok(tastebud && fs.existsSync(tastebud), 'set TASTEBUD_BIN to the native tastebud binary');
   assert.ok(fs.existsSync(path.join(root, 'web/pkg/tastebud_web.js')), 'build web/pkg first (web/build.sh)');
-  server = http.createServer((req, res) => {
-    const url = new URL(req.url, 'http://localhost');
-    const file = path.join(root, decodeURIComponent(url.pathname));
-    if (!file.startsWith(root) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
-      res.writeHead(404).end();
-      return;
-    }
-    res.writeHead(200, { 'content-type': TYPES[path.extname(file)] ?? 'application/octet-stream' });
-    fs.createReadStream(file).pipe(res);
-  });
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  base = `http://127.0.0.1:${server.address().port}`;
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: ['--headless=new', '--no-sandbox', '--disable-background-networking', '--disable-component-update',
-      '--disable-sync', '--no-first-run', '--disable-quic', '--enable-unsafe-webgpu'],
-  });
+  ({ server, browser, base } = await startBrowser());
 });
 
 after(async () => {

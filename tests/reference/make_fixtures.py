@@ -32,8 +32,6 @@ from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextCon
                           CLIPTextModelWithProjection, CLIPTokenizer)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
-torch.manual_seed(0)
-torch.set_num_threads(1)
 
 PROMPTS = [
     "a photo of a cat",
@@ -286,6 +284,8 @@ def make_pipelines(tensors, ref, vocab, merges, sd2_text, sdxl_text_2):
 
 
 def main():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
     if os.path.isdir(ROOT):
         shutil.rmtree(ROOT)
     os.makedirs(ROOT)
