@@ -26,18 +26,17 @@ fn stderr(out: &Output) -> String {
 #[test]
 fn score_prints_transformers_numbers_on_cpu_and_gpu() {
     let reference = reference_json();
-    for flavour in ["clip-openai", "clip-openclip"] {
+    for (flavour, reward) in [("clip-openai", "clip"), ("clip-openclip", "pickscore")] {
         let prompt = reference[flavour]["scored_prompts"][0]
             .as_str()
             .unwrap()
             .to_string();
         let (logits, shape) = reference_tensor(&format!("{flavour}.logits_per_image"));
-        let (cosine, _) = reference_tensor(&format!("{flavour}.cosine"));
         for device in ["cpu", "gpu"] {
             let out = tastebud(&[
                 "score",
-                "--model",
-                &fixture(flavour),
+                "--reward",
+                &format!("{reward}={}:2", fixture(flavour)),
                 "--prompt",
                 &prompt,
                 "--device",
@@ -50,30 +49,82 @@ fn score_prints_transformers_numbers_on_cpu_and_gpu() {
             let json: Value = serde_json::from_slice(&out.stdout).unwrap();
             let scores = json["scores"].as_array().unwrap();
             assert_eq!(scores.len(), 2);
+            assert_eq!(json["rewards"][0]["weight"], 2.0);
             // Column 0 of logits_per_image: each image against the first prompt.
-            let got_logit: Vec<f32> = scores
+            let got: Vec<f32> = scores
                 .iter()
-                .map(|s| s["logit"].as_f64().unwrap() as f32)
+                .map(|s| s["rewards"][reward].as_f64().unwrap() as f32)
                 .collect();
-            let got_cos: Vec<f32> = scores
+            let total: Vec<f32> = scores
                 .iter()
-                .map(|s| s["cosine"].as_f64().unwrap() as f32)
+                .map(|s| s["weighted_total"].as_f64().unwrap() as f32)
                 .collect();
-            let want_logit: Vec<f32> = (0..2).map(|i| logits[i * shape[1]]).collect();
-            let want_cos: Vec<f32> = (0..2).map(|i| cosine[i * shape[1]]).collect();
+            let want: Vec<f32> = (0..2).map(|i| logits[i * shape[1]]).collect();
+            assert_close(&format!("{flavour} {device}"), &got, &want, 1e-4);
+            let want_total: Vec<f32> = want.iter().map(|w| 2.0 * w).collect();
             assert_close(
-                &format!("{flavour} {device} logit"),
-                &got_logit,
-                &want_logit,
-                1e-4,
-            );
-            assert_close(
-                &format!("{flavour} {device} cosine"),
-                &got_cos,
-                &want_cos,
+                &format!("{flavour} {device} total"),
+                &total,
+                &want_total,
                 1e-4,
             );
         }
+    }
+}
+
+/// Three rewards in their published layouts (a transformers folder, HPSv2's `.pt`, LAION's
+/// aesthetic `.pth` beside a CLIP) scored together; ReNO's default weights when none is given.
+#[test]
+fn score_combines_rewards_from_their_published_files() {
+    let out = tastebud(&[
+        "score",
+        "--reward",
+        &format!("clip={}", fixture("clip-openai")),
+        "--reward",
+        &format!(
+            "hps={}",
+            fixture("rewards/open-clip-tiny/HPS_v2.1_compressed.pt")
+        ),
+        "--reward",
+        &format!(
+            "aesthetic={},{}:0.5",
+            fixture("rewards/aesthetic-head/sac+logos+ava1-l14-linearMSE.pth"),
+            fixture("clip-openai")
+        ),
+        "--prompt",
+        "a photo of a cat",
+        "--device",
+        "cpu",
+        "--json",
+        &fixture("image0.png"),
+        &fixture("image1.png"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let weights = [0.01f32, 5.0, 0.5];
+    let constants = [100.0f32, 1.0, 10.0];
+    for (i, (name, weight)) in ["clip", "hps", "aesthetic"].iter().zip(weights).enumerate() {
+        assert_eq!(json["rewards"][i]["label"], *name);
+        assert_eq!(
+            json["rewards"][i]["weight"].as_f64().unwrap() as f32,
+            weight
+        );
+    }
+    let want: Vec<Vec<f32>> = ["clip", "hps", "aesthetic"]
+        .iter()
+        .map(|n| {
+            reference_tensor_in("rewards/reference.safetensors", &format!("{n}.file_scores")).0
+        })
+        .collect();
+    for (img, row) in json["scores"].as_array().unwrap().iter().enumerate() {
+        let mut loss = 0.0;
+        for (r, name) in ["clip", "hps", "aesthetic"].iter().enumerate() {
+            let got = row["rewards"][name].as_f64().unwrap() as f32;
+            assert_close(&format!("{name} image{img}"), &[got], &[want[r][img]], 1e-4);
+            loss += weights[r] * (constants[r] - want[r][img]);
+        }
+        let got = row["loss"].as_f64().unwrap() as f32;
+        assert!((got - loss).abs() < 1e-3, "loss {got} vs {loss}");
     }
 }
 
@@ -81,8 +132,8 @@ fn score_prints_transformers_numbers_on_cpu_and_gpu() {
 fn repeat_reports_median_timings_in_json() {
     let out = tastebud(&[
         "score",
-        "--model",
-        &fixture("clip-openai"),
+        "--reward",
+        &format!("clip={}", fixture("clip-openai")),
         "--prompt",
         "a cat",
         "--device",
@@ -103,8 +154,8 @@ fn repeat_reports_median_timings_in_json() {
 fn score_prints_a_table_by_default() {
     let out = tastebud(&[
         "score",
-        "--model",
-        &fixture("clip-openai"),
+        "--reward",
+        &format!("clip={}", fixture("clip-openai")),
         "--prompt",
         "a cat",
         "--device",
@@ -114,7 +165,7 @@ fn score_prints_a_table_by_default() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("cosine") && text.contains("image0.png"),
+        text.contains("clip") && text.contains("total") && text.contains("image0.png"),
         "{text}"
     );
     assert!(stderr(&out).contains("device: flex (CPU)"));
@@ -122,24 +173,39 @@ fn score_prints_a_table_by_default() {
 
 #[test]
 fn bad_arguments_fail_with_a_clear_message() {
-    let model = fixture("clip-openai");
+    let model = format!("clip={}", fixture("clip-openai"));
     let image = fixture("image0.png");
     let mut cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec![
                 "score",
-                "--model",
-                "/nonexistent/clip",
+                "--reward",
+                "clip=/nonexistent/clip",
                 "--prompt",
                 "a",
                 &image,
             ],
-            "/nonexistent/clip: not a folder",
+            "/nonexistent/clip does not exist",
+        ),
+        (
+            vec!["score", "--reward", "beauty=/x", "--prompt", "a", &image],
+            "`beauty` is not one of clip, pickscore, hps, aesthetic",
         ),
         (
             vec![
                 "score",
-                "--model",
+                "--reward",
+                "clip=/x:heavy",
+                "--prompt",
+                "a",
+                &image,
+            ],
+            "weight `heavy` is not a number",
+        ),
+        (
+            vec![
+                "score",
+                "--reward",
                 &model,
                 "--prompt",
                 "a",
@@ -148,25 +214,25 @@ fn bad_arguments_fail_with_a_clear_message() {
             "reading image /nonexistent/cat.png",
         ),
         (
-            vec!["score", "--model", &model, "--prompt", "a", &model],
+            vec!["score", "--reward", &model, "--prompt", "a", &model],
             "reading image",
         ),
         (
             vec![
-                "score", "--model", &model, "--prompt", "a", "--device", "tpu", &image,
+                "score", "--reward", &model, "--prompt", "a", "--device", "tpu", &image,
             ],
             "`tpu` is not one of auto, gpu, cpu",
         ),
         (
             vec![
-                "score", "--model", &model, "--prompt", " ", "--device", "cpu", &image,
+                "score", "--reward", &model, "--prompt", " ", "--device", "cpu", &image,
             ],
             "prompt: the prompt is empty",
         ),
     ];
     cases.push((
         vec![
-            "score", "--model", &model, "--prompt", "a", "--repeat", "0", &image,
+            "score", "--reward", &model, "--prompt", "a", "--repeat", "0", &image,
         ],
         "--repeat",
     ));
@@ -174,7 +240,7 @@ fn bad_arguments_fail_with_a_clear_message() {
     cases.push((
         vec![
             "score",
-            "--model",
+            "--reward",
             &model,
             "--prompt",
             &long_prompt,
@@ -203,8 +269,8 @@ fn fixture_png_that_is_not_an_image_is_named() {
     std::fs::write(&fake, b"not an image").unwrap();
     let out = tastebud(&[
         "score",
-        "--model",
-        &fixture("clip-openai"),
+        "--reward",
+        &format!("clip={}", fixture("clip-openai")),
         "--prompt",
         "a",
         "--device",

@@ -40,6 +40,18 @@ impl ModelFiles {
         self.files.remove(name)
     }
 
+    /// Names of the files whose extension is one of `extensions` (given without the dot).
+    pub fn names_with_extension(&self, extensions: &[&str]) -> Vec<String> {
+        self.files
+            .keys()
+            .filter(|n| {
+                n.rsplit_once('.')
+                    .is_some_and(|(_, ext)| extensions.contains(&ext))
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Moves the files under `folder/` out into their own set (a pipeline's component).
     pub fn subfolder(&mut self, folder: &str) -> ModelFiles {
         let prefix = format!("{}/", folder.trim_end_matches('/'));

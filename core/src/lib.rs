@@ -8,8 +8,10 @@ pub mod models;
 pub mod noise;
 pub mod pipeline;
 pub mod preprocess;
+pub mod rewards;
 pub mod scheduler;
 pub mod tokenizer;
+pub mod torch_pickle;
 pub mod weights;
 
 pub use burn;

@@ -76,9 +76,12 @@ pub struct BenchArgs {
     height: usize,
     #[arg(long, default_value_t = 1)]
     steps: usize,
-    /// Timed runs after one warm-up run (medians are reported).
+    /// Timed runs after the warm-up runs (medians are reported).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     runs: u32,
+    /// Untimed runs first (shader compilation, allocator warm-up). 0 times the first run, cold.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=10))]
+    warmup: u32,
 }
 
 /// Reads a snapshot: `model_index.json`, then the first existing file of each group it lists.
@@ -324,8 +327,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         height: Some(args.height),
         width: Some(args.width),
     };
-    eprintln!("warm-up run on {}", device.describe());
-    run(&pipeline, &request, true, &mut Timings::default())?;
+    for _ in 0..args.warmup {
+        eprintln!("warm-up run on {}", device.describe());
+        run(&pipeline, &request, true, &mut Timings::default())?;
+    }
     let mut runs = vec![];
     for i in 0..args.runs {
         let mut r = Timings::default();
@@ -351,6 +356,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "height": args.height,
         "steps": args.steps,
         "runs": args.runs,
+        "warmup_runs": args.warmup,
         "read_ms": t.read,
         "load_ms": t.load,
         "text_ms": median(|r| r.text),

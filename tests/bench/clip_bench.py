@@ -88,10 +88,10 @@ def main():
              load_ms, statistics.median(times), None)]
 
     for device in args.devices.split(","):
-        cmd = [args.tastebud, "score", "--model", folder, "--prompt", prompt, "--device", device, "--json",
+        cmd = [args.tastebud, "score", "--reward", f"clip={folder}", "--prompt", prompt, "--device", device, "--json",
                "--repeat", str(args.runs + 1), *images]
         out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-        got = torch.tensor([s["logit"] for s in out["scores"]])
+        got = torch.tensor([s["rewards"]["clip"] for s in out["scores"]])
         err = float(((got - want).abs() / want.abs().clamp(min=1e-3)).max())
         rows.append((f"tastebud --device {device}: {out['device']}", out["load_ms"], out["score_ms"], err))
 

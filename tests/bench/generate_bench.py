@@ -8,7 +8,7 @@ diffusers (float32, the same thread count) in this process, `tastebud bench` in 
 and reports peak resident memory of each.
 
     python tests/bench/generate_bench.py --tastebud $CARGO_TARGET_DIR/debug/tastebud \
-        [--devices cpu,gpu] [--size 512] [--runs 3] [--snapshot DIR]
+        [--devices cpu,gpu] [--size 512] [--runs 3] [--warmup 1] [--snapshot DIR]
 
 Prints a markdown table for BENCHMARKS.md.
 """
@@ -66,7 +66,7 @@ def make_snapshot(folder):
     save_file(state, os.path.join(folder, "text_encoder", "model.safetensors"), metadata={"format": "pt"})
 
 
-def diffusers_run(folder, size, runs, prompt):
+def diffusers_run(folder, size, runs, warmup, prompt):
     pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     gen = torch.Generator().manual_seed(0)
@@ -84,7 +84,8 @@ def diffusers_run(folder, size, runs, prompt):
             t3 = time.perf_counter()
         return (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
 
-    once()
+    for _ in range(warmup):
+        once()
     rows = [once() for _ in range(runs)]
     med = [statistics.median(r[i] for r in rows) for i in range(3)]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -98,6 +99,7 @@ def main():
     ap.add_argument("--devices", default="cpu")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs first (Tastebud and diffusers)")
     ap.add_argument("--snapshot", default=os.path.expanduser("~/.cache/tastebud/sd-turbo-random"))
     ap.add_argument("--skip-diffusers", action="store_true")
     args = ap.parse_args()
@@ -107,14 +109,15 @@ def main():
     rows = []
     for device in args.devices.split(","):
         cmd = [args.tastebud, "bench", "--model", args.snapshot, "--device", device, "--width", str(args.size),
-               "--height", str(args.size), "--runs", str(args.runs), "--prompt", prompt]
+               "--height", str(args.size), "--runs", str(args.runs), "--warmup", str(args.warmup),
+               "--prompt", prompt]
         out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         rows.append((f"Tastebud ({out['device']})", out))
     if not args.skip_diffusers:
         rows.append((f"diffusers {diffusers.__version__}, torch {torch.__version__} ({threads} threads)",
-                     diffusers_run(args.snapshot, args.size, args.runs, prompt)))
+                     diffusers_run(args.snapshot, args.size, args.runs, args.warmup, prompt)))
     print(f"SD-Turbo architecture, {args.size}x{args.size}, 1 step, f32 compute, median of {args.runs} "
-          f"runs after a warm-up; {platform.processor() or platform.machine()}, {os.cpu_count()} cores\n")
+          f"runs after {args.warmup} warm-up run(s); {platform.processor() or platform.machine()}, {os.cpu_count()} cores\n")
     print("| runtime | text (ms) | UNet step (ms) | VAE decode (ms) | total (ms) | peak RSS (MiB) | load (ms) |")
     print("|---|---|---|---|---|---|---|")
     for name, r in rows:

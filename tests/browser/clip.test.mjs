@@ -2,37 +2,25 @@
 // give the same CLIPScore as the native CLI and as transformers, and bad input shows an error.
 //
 // Needs: web/pkg (web/build.sh), the native binary in $TASTEBUD_BIN, /usr/bin/chromium.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fixtures, root, startBrowser } from './harness.mjs';
+import { assertClose, fixtures, referenceTensor, useBrowser } from './harness.mjs';
 
 const tastebud = process.env.TASTEBUD_BIN;
-const RTOL = 1e-4;
 
-let server, browser, base;
-
-before(async () => {
-  assert.ok(tastebud && fs.existsSync(tastebud), 'set TASTEBUD_BIN to the native tastebud binary');
-  assert.ok(fs.existsSync(path.join(root, 'web/pkg/tastebud_web.js')), 'build web/pkg first (web/build.sh)');
-  ({ server, browser, base } = await startBrowser());
-});
-
-after(async () => {
-  await browser?.close();
-  server?.close();
-});
+const ctx = useBrowser({ needsCli: true });
 
 // Runs the demo page on one device and returns what it printed in #result.
 async function demo(query) {
-  const page = await browser.newPage();
+  const page = await ctx.browser.newPage();
   const logs = [];
   page.on('console', (m) => logs.push(m.text()));
   page.on('pageerror', (e) => logs.push(String(e)));
   try {
-    await page.goto(`${base}/index.html?run=1&${new URLSearchParams(query)}`);
+    await page.goto(`${ctx.base}/index.html?run=1&${new URLSearchParams(query)}`);
     await page.waitForFunction(() => document.getElementById('result').textContent.length > 0, null,
       { timeout: 600_000, polling: 250 });
     const text = await page.textContent('#result');
@@ -42,25 +30,11 @@ async function demo(query) {
   }
 }
 
-// One f32 tensor from reference.safetensors.
-function reference(name) {
-  const bytes = fs.readFileSync(path.join(fixtures, 'reference.safetensors'));
-  const headerLength = Number(bytes.readBigUInt64LE(0));
-  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString());
-  const [start, end] = header[name].data_offsets;
-  const data = bytes.subarray(8 + headerLength + start, 8 + headerLength + end);
-  return Array.from({ length: data.length / 4 }, (_, i) => data.readFloatLE(i * 4));
-}
-
+// The native CLI's CLIPScore (exp(logit_scale) * cos) of image0.
 function native(flavour, prompt) {
-  const out = execFileSync(tastebud, ['score', '--model', path.join(fixtures, flavour), '--prompt', prompt,
+  const out = execFileSync(tastebud, ['score', '--reward', `clip=${path.join(fixtures, flavour)}`, '--prompt', prompt,
     '--device', 'cpu', '--json', path.join(fixtures, 'image0.png')], { stdio: ['ignore', 'pipe', 'pipe'] });
-  return JSON.parse(out).scores[0];
-}
-
-function close(got, want, what) {
-  const err = Math.abs(got - want) / Math.max(Math.abs(want), 1e-3);
-  assert.ok(err <= RTOL, `${what}: got ${got}, want ${want} (relative error ${err.toExponential(2)})`);
+  return { logit: JSON.parse(out).scores[0].rewards.clip };
 }
 
 const refJson = JSON.parse(fs.readFileSync(path.join(fixtures, 'reference.json')));
@@ -68,17 +42,16 @@ const refJson = JSON.parse(fs.readFileSync(path.join(fixtures, 'reference.json')
 for (const flavour of ['clip-openai', 'clip-openclip']) {
   const prompt = refJson[flavour].scored_prompts[0];
   // logits_per_image[0][0]: image0 against the first prompt.
-  const want = { logit: reference(`${flavour}.logits_per_image`)[0], cosine: reference(`${flavour}.cosine`)[0] };
+  const want = { logit: referenceTensor('reference.safetensors', `${flavour}.logits_per_image`)[0], cosine: referenceTensor('reference.safetensors', `${flavour}.cosine`)[0] };
   for (const [device, backend] of [['gpu', 'wgpu'], ['cpu', 'flex']]) {
     test(`${flavour}: CLIPScore in the browser on ${device} matches native and transformers`, async () => {
       const result = await demo({ device, model: `/tests/fixtures/${flavour}/`, image: '/tests/fixtures/image0.png', prompt });
       assert.equal(result.error, undefined, `page error: ${result.error}\n${result.logs.join('\n')}`);
       assert.ok(result.device.startsWith(backend), `ran on ${result.device}, wanted ${backend}`);
       const cli = native(flavour, prompt);
-      close(result.logit, cli.logit, `${device} vs native logit`);
-      close(result.cosine, cli.cosine, `${device} vs native cosine`);
-      close(result.logit, want.logit, `${device} vs transformers logit`);
-      close(result.cosine, want.cosine, `${device} vs transformers cosine`);
+      assertClose(result.logit, cli.logit, `${device} vs native logit`);
+      assertClose(result.logit, want.logit, `${device} vs transformers logit`);
+      assertClose(result.cosine, want.cosine, `${device} vs transformers cosine`);
     });
   }
 }

@@ -3,24 +3,14 @@
 // (SwiftShader) and on the CPU fallback (flex compiled to wasm32), like the native CLI.
 //
 // Needs: web/pkg (web/build.sh), /usr/bin/chromium.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
-import { fixtures, root, startBrowser } from './harness.mjs';
+import { fixtures, blankPage, useBrowser } from './harness.mjs';
 
-let server, browser, base;
-
-before(async () => {
-  assert.ok(fs.existsSync(path.join(root, 'web/pkg/tastebud_web.js')), 'build web/pkg first (web/build.sh)');
-  ({ server, browser, base } = await startBrowser());
-});
-
-after(async () => {
-  await browser?.close();
-  server?.close();
-});
+const ctx = useBrowser({ needsCli: false });
 
 // RGB pixels of an 8-bit, non-interlaced RGB PNG (what PIL and Tastebud write).
 function decodePng(bytes) {
@@ -54,12 +44,8 @@ function decodePng(bytes) {
 }
 
 async function generate(device, caseInfo) {
-  const page = await browser.newPage();
-  const logs = [];
-  page.on('console', (m) => logs.push(m.text()));
-  page.on('pageerror', (e) => logs.push(String(e)));
+  const { page, logs } = await blankPage(ctx);
   try {
-    await page.goto(`${base}/tests/browser/blank.html`);
     return await page.evaluate(async ({ device, c }) => {
       const { default: init, Tastebud } = await import('/web/pkg/tastebud_web.js');
       await init();

@@ -1,8 +1,10 @@
 // What the browser tests share: a static server over the repository root and headless
 // Chromium with WebGPU enabled.
+import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
+import { before, after } from 'node:test';
 import { chromium } from 'playwright-core';
 
 export const root = path.resolve(import.meta.dirname, '../..');
@@ -28,4 +30,50 @@ export async function startBrowser() {
       '--disable-sync', '--no-first-run', '--disable-quic', '--enable-unsafe-webgpu'],
   });
   return { server, browser, base: `http://127.0.0.1:${server.address().port}` };
+}
+
+// Registers the suite's before/after hooks: the page tests need the package (web/pkg), some
+// also the native CLI ($TASTEBUD_BIN). Returns an object whose fields are set once started.
+export function useBrowser({ needsCli = false } = {}) {
+  const ctx = {};
+  before(async () => {
+    if (needsCli) {
+      const bin = process.env.TASTEBUD_BIN;
+      assert.ok(bin && fs.existsSync(bin), 'set TASTEBUD_BIN to the native tastebud binary');
+    }
+    assert.ok(fs.existsSync(path.join(root, 'web/pkg/tastebud_web.js')), 'build web/pkg first (web/build.sh)');
+    Object.assign(ctx, await startBrowser());
+  });
+  after(async () => {
+    await ctx.browser?.close();
+    ctx.server?.close();
+  });
+  return ctx;
+}
+
+// One f32 tensor from a safetensors file under tests/fixtures, as a plain array.
+export function referenceTensor(file, name) {
+  const bytes = fs.readFileSync(path.join(fixtures, file));
+  const headerLength = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString());
+  const [start, end] = header[name].data_offsets;
+  const data = bytes.subarray(8 + headerLength + start, 8 + headerLength + end);
+  return Array.from({ length: data.length / 4 }, (_, i) => data.readFloatLE(i * 4));
+}
+
+// |got - want| <= rtol * max(|want|, 1e-3).
+export function assertClose(got, want, what, rtol = 1e-4) {
+  const err = Math.abs(got - want) / Math.max(Math.abs(want), 1e-3);
+  assert.ok(err <= rtol, `${what}: got ${got}, want ${want} (relative error ${err.toExponential(2)})`);
+}
+
+// A new tab on the blank test page (from which tests import web/pkg), with console output and
+// page errors collected in `logs`.
+export async function blankPage(ctx) {
+  const page = await ctx.browser.newPage();
+  const logs = [];
+  page.on('console', (m) => logs.push(m.text()));
+  page.on('pageerror', (e) => logs.push(String(e)));
+  await page.goto(`${ctx.base}/tests/browser/blank.html`);
+  return { page, logs };
 }

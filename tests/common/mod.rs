@@ -71,8 +71,12 @@ pub fn reference_json() -> Value {
 
 /// A reference tensor (f32) and its shape.
 pub fn reference_tensor(name: &str) -> (Vec<f32>, Vec<usize>) {
-    let bytes =
-        std::fs::read(fixtures().join("reference.safetensors")).expect("reference.safetensors");
+    reference_tensor_in("reference.safetensors", name)
+}
+
+/// A reference tensor (f32) and its shape from a safetensors file under the fixtures.
+pub fn reference_tensor_in(file: &str, name: &str) -> (Vec<f32>, Vec<usize>) {
+    let bytes = std::fs::read(fixtures().join(file)).expect("reference safetensors file");
     let st = SafeTensors::deserialize(&bytes).expect("reference.safetensors parses");
     let view = st
         .tensor(name)

@@ -9,6 +9,7 @@ use tastebud_core::models::clip::{CLIP_FILES, Clip};
 use tastebud_core::noise::Noise;
 use tastebud_core::pipeline::{ModelIndex, Pipeline, Request};
 use tastebud_core::preprocess::decode_rgb;
+use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
 use tastebud_core::{ComputeDevice, DeviceChoice, ModelFiles, device};
 use wasm_bindgen::prelude::*;
 
@@ -19,6 +20,7 @@ pub struct Tastebud {
     pending: ModelFiles,
     clip: Option<Clip>,
     pipeline: Option<Pipeline>,
+    rewards: Option<RewardSet>,
 }
 
 /// A generated image: RGBA for a canvas (`new ImageData(rgba, width, height)`) and a PNG file
@@ -65,6 +67,7 @@ impl Tastebud {
             pending: ModelFiles::default(),
             clip: None,
             pipeline: None,
+            rewards: None,
         })
     }
 
@@ -105,6 +108,65 @@ impl Tastebud {
             .first()
             .ok_or_else(|| JsError::new("no score returned"))?;
         Ok(json!({"cosine": s.cosine, "logit": s.logit}).to_string())
+    }
+
+    /// The file names a reward folder may hold (`kind`: clip, pickscore, hps, aesthetic); fetch
+    /// those that exist and stage them with [`Tastebud::add_file`].
+    pub fn reward_files(kind: String) -> Result<Vec<String>, JsError> {
+        let kind = RewardKind::parse(&kind).map_err(js)?;
+        Ok(rewards::files_wanted(kind)
+            .iter()
+            .map(|s| s.to_string())
+            .collect())
+    }
+
+    /// Loads the staged files as a reward of `kind` and adds it to the reward set, weighted by
+    /// `weight` (ReNO's default for the reward when `undefined`).
+    pub fn add_reward(
+        &mut self,
+        kind: String,
+        origin: String,
+        weight: Option<f32>,
+    ) -> Result<(), JsError> {
+        let kind = RewardKind::parse(&kind).map_err(js)?;
+        let mut files = std::mem::take(&mut self.pending);
+        files.origin = origin;
+        let term = RewardTerm {
+            label: kind.name().to_string(),
+            reward: rewards::load(kind, files, &self.device.device).map_err(js)?,
+            weight: weight.unwrap_or(kind.default_weight()),
+        };
+        match &mut self.rewards {
+            Some(set) => set.push(term).map_err(js)?,
+            None => self.rewards = Some(RewardSet::new(vec![term]).map_err(js)?),
+        }
+        Ok(())
+    }
+
+    /// Scores PNG/JPEG images (an array of byte arrays, one batch) with every added reward:
+    /// JSON `{labels, scores: [{rewards: [..], weighted_total, loss}]}`, one score per image.
+    pub async fn score_rewards(
+        &mut self,
+        prompt: String,
+        images: Vec<js_sys::Uint8Array>,
+    ) -> Result<String, JsError> {
+        let set = self
+            .rewards
+            .as_mut()
+            .ok_or_else(|| JsError::new("no reward loaded: call add_reward first"))?;
+        let decoded = images
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| decode_rgb(&format!("image {i}"), &bytes.to_vec()))
+            .collect::<tastebud_core::Result<Vec<_>>>()
+            .map_err(js)?;
+        set.set_prompt(&prompt, false).map_err(js)?;
+        let values = set
+            .evaluate_files(&decoded, &self.device.device)
+            .map_err(js)?;
+        let scores = set.read(values).await.map_err(js)?;
+        let labels: Vec<&str> = set.terms().iter().map(|t| t.label.as_str()).collect();
+        Ok(json!({"labels": labels, "scores": scores}).to_string())
     }
 
     /// Which files of a diffusers snapshot to fetch, given its `model_index.json`: a JSON list

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod encoder;
+pub mod open_clip;
 pub mod text;
 pub mod text_encoder;
 pub mod vision;
@@ -19,13 +20,14 @@ use self::vision::ClipVisionTransformer;
 use crate::files::ModelFiles;
 use crate::preprocess::{ImageProcessorConfig, pixel_batch};
 use crate::tokenizer::{ClipTokenizer, TokenizedPrompt};
-use crate::{Error, Result, read_f32, weights};
+use crate::{Error, Result, read_f32, torch_pickle, weights};
 
 /// Files a CLIP folder may hold; a front end fetches those that exist.
 pub const CLIP_FILES: &[&str] = &[
     "config.json",
     "model.safetensors",
     "model.fp16.safetensors",
+    "pytorch_model.bin",
     "preprocessor_config.json",
     "tokenizer.json",
     "vocab.json",
@@ -34,7 +36,11 @@ pub const CLIP_FILES: &[&str] = &[
     "special_tokens_map.json",
 ];
 /// Weight files in order of preference.
-pub const CLIP_WEIGHTS: &[&str] = &["model.safetensors", "model.fp16.safetensors"];
+pub const CLIP_WEIGHTS: &[&str] = &[
+    "model.safetensors",
+    "model.fp16.safetensors",
+    "pytorch_model.bin",
+];
 
 /// The weights of `CLIPModel`, named as in transformers' checkpoints.
 #[derive(Module, Debug)]
@@ -91,8 +97,9 @@ pub struct Clip {
 }
 
 impl Clip {
-    /// Loads a transformers CLIP folder (`config.json`, `model.safetensors` or
-    /// `model.fp16.safetensors`, tokenizer files, optional `preprocessor_config.json`).
+    /// Loads a transformers CLIP folder (`config.json`, `model.safetensors`,
+    /// `model.fp16.safetensors` or `pytorch_model.bin`, tokenizer files, optional
+    /// `preprocessor_config.json`).
     pub fn from_files(mut files: ModelFiles, device: &Device) -> Result<Self> {
         let config_file = files.label("config.json");
         let config: ClipConfig = files.json("config.json")?;
@@ -119,7 +126,13 @@ impl Clip {
         }
         let weights_name = files.first_of(CLIP_WEIGHTS)?;
         let weights_file = files.label(weights_name);
-        let bytes = files.take(weights_name).unwrap_or_default();
+        let mut bytes = files.take(weights_name).unwrap_or_default();
+        if torch_pickle::is_torch_zip(&bytes) {
+            bytes = torch_pickle::to_safetensors(
+                &weights_file,
+                &torch_pickle::read_checkpoint(&weights_file, &bytes)?,
+            )?;
+        }
         let logit_scale = weights::read_scalar(&weights_file, &bytes, "logit_scale")?
             .unwrap_or(config.logit_scale_init_value);
         let model = ClipModel::new(&config, &config_file, device)?;

@@ -1,0 +1,621 @@
+//! PyTorch `.pt` / `.pth` checkpoints (the zip format `torch.save` writes since 1.6) read as
+//! data, never as code. The pickle inside is interpreted by a small stack machine that knows
+//! only what a state dict needs (dicts, lists, tuples, numbers, strings, storages, and the two
+//! tensor rebuild functions); any other import or object construction is refused with its name,
+//! so a checkpoint that would run code under `torch.load` is an error here.
+//!
+//! The result is re-serialised as safetensors bytes, so every checkpoint goes through the same
+//! validated loading path (`weights::load_into`) whatever form it was published in.
+
+use std::collections::BTreeMap;
+use std::io::{Cursor, Read};
+
+use safetensors::Dtype;
+
+use crate::{Error, Result};
+
+/// One tensor taken out of a checkpoint: contiguous little-endian data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// Serialises tensors as a safetensors file (for [`crate::weights::load_into`]).
+pub fn to_safetensors(file: &str, tensors: &BTreeMap<String, RawTensor>) -> Result<Vec<u8>> {
+    let views = tensors
+        .iter()
+        .map(|(name, t)| {
+            safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
+                .map(|v| (name.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| corrupt(file, format!("cannot re-serialise tensors: {e}")))?;
+    safetensors::serialize(views, None).map_err(|e| corrupt(file, e.to_string()))
+}
+
+/// Every tensor of a safetensors file, copied out.
+pub fn from_safetensors(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, RawTensor>> {
+    let st =
+        safetensors::SafeTensors::deserialize(bytes).map_err(|e| corrupt(file, e.to_string()))?;
+    Ok(st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let t = RawTensor {
+                dtype: v.dtype(),
+                shape: v.shape().to_vec(),
+                data: v.data().to_vec(),
+            };
+            (name, t)
+        })
+        .collect())
+}
+
+/// True when `bytes` look like a zip archive (a `torch.save` file) rather than safetensors.
+pub fn is_torch_zip(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04")
+}
+
+/// Reads the tensors of a `torch.save` checkpoint. A top-level `state_dict` entry (as in
+/// training checkpoints such as HPSv2's) is taken in place of the top level; other non-tensor
+/// entries (epoch counters, names) are skipped.
+pub fn read_checkpoint(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, RawTensor>> {
+    if bytes.starts_with(&[0x80, 0x02, 0x8a, 0x0a]) {
+        return Err(corrupt(
+            file,
+            "legacy (pre-1.6) torch serialization is not supported; re-save it with a recent \
+             torch or convert it to safetensors"
+                .into(),
+        ));
+    }
+    if !is_torch_zip(bytes) {
+        return Err(corrupt(file, "not a torch.save zip archive".into()));
+    }
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| corrupt(file, format!("unreadable zip archive: {e}")))?;
+    let names: Vec<String> = archive
+        .file_names()
+        .filter_map(|n| n.ok().map(|n| n.into_owned()))
+        .collect();
+    let pkl_name = names
+        .iter()
+        .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
+        .cloned()
+        .ok_or_else(|| corrupt(file, "no <name>/data.pkl in the archive".into()))?;
+    let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
+    let entry = |archive: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str| -> Result<Vec<u8>> {
+        let mut f = archive
+            .by_name(name)
+            .map_err(|e| corrupt(file, format!("{name}: {e}")))?;
+        let mut out = Vec::with_capacity(f.size() as usize);
+        f.read_to_end(&mut out)
+            .map_err(|e| corrupt(file, format!("{name}: {e}")))?;
+        Ok(out)
+    };
+    if names.contains(&format!("{prefix}byteorder"))
+        && entry(&mut archive, &format!("{prefix}byteorder"))? != b"little"
+    {
+        return Err(corrupt(
+            file,
+            "big-endian checkpoints are not supported".into(),
+        ));
+    }
+    let pickle = entry(&mut archive, &pkl_name)?;
+    let root = Machine::new(file).run(&pickle)?;
+    let root = match root {
+        Value::Dict(items) => {
+            let inner = items.iter().find_map(|(k, v)| match (k, v) {
+                (Value::Str(k), Value::Dict(d)) if k == "state_dict" => Some(d.clone()),
+                _ => None,
+            });
+            inner.unwrap_or(items)
+        }
+        other => {
+            return Err(corrupt(
+                file,
+                format!("the pickle holds a {}, not a dict of tensors", other.kind()),
+            ));
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (key, value) in root {
+        let (Value::Str(name), Value::Tensor(t)) = (key, value) else {
+            continue;
+        };
+        // Read per tensor, not cached: storages are rarely shared, and a cache would hold a
+        // second copy of every weight while converting.
+        let storage = entry(&mut archive, &format!("{prefix}data/{}", t.storage_key))?;
+        let data = gather(file, &name, &t, &storage)?;
+        out.insert(
+            name,
+            RawTensor {
+                dtype: t.dtype,
+                shape: t.size.clone(),
+                data,
+            },
+        );
+    }
+    if out.is_empty() {
+        return Err(corrupt(file, "the checkpoint holds no tensors".into()));
+    }
+    Ok(out)
+}
+
+/// A tensor's elements in row-major order, following its strides through the storage.
+fn gather(file: &str, name: &str, t: &TensorRef, storage: &[u8]) -> Result<Vec<u8>> {
+    let elem = element_bytes(t.dtype);
+    let bad = |reason: String| Error::BadTensor {
+        file: file.to_string(),
+        tensor: name.to_string(),
+        reason,
+    };
+    if t.stride.len() != t.size.len() {
+        return Err(bad("size and stride lengths differ".into()));
+    }
+    // Checked arithmetic: sizes and strides come from the file.
+    let overflow = || {
+        bad(format!(
+            "size {:?} / stride {:?} overflow",
+            t.size, t.stride
+        ))
+    };
+    let count = t
+        .size
+        .iter()
+        .try_fold(1usize, |a, &n| a.checked_mul(n))
+        .ok_or_else(overflow)?;
+    let last = t
+        .size
+        .iter()
+        .zip(&t.stride)
+        .try_fold(t.offset, |a, (&n, &s)| {
+            a.checked_add(n.saturating_sub(1).checked_mul(s)?)
+        })
+        .ok_or_else(overflow)?;
+    let end = last
+        .checked_add(1)
+        .and_then(|v| v.checked_mul(elem))
+        .ok_or_else(overflow)?;
+    if count > 0 && end > storage.len() {
+        return Err(bad(format!(
+            "views {end} bytes past its storage of {}",
+            storage.len()
+        )));
+    }
+    if count == 0 {
+        return Ok(vec![]);
+    }
+    let mut row_major = 1;
+    let contiguous = t.size.iter().zip(&t.stride).rev().all(|(&n, &s)| {
+        let ok = n == 1 || s == row_major;
+        row_major *= n;
+        ok
+    });
+    if contiguous {
+        return Ok(storage[t.offset * elem..(t.offset + count) * elem].to_vec());
+    }
+    let mut out = Vec::with_capacity(count * elem);
+    let mut index = vec![0usize; t.size.len()];
+    for _ in 0..count {
+        let at = t.offset
+            + index
+                .iter()
+                .zip(&t.stride)
+                .map(|(i, s)| i * s)
+                .sum::<usize>();
+        out.extend_from_slice(&storage[at * elem..(at + 1) * elem]);
+        for d in (0..index.len()).rev() {
+            index[d] += 1;
+            if index[d] < t.size[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+    Ok(out)
+}
+
+/// Bytes per element (every dtype a torch storage can hold is whole bytes).
+pub fn element_bytes(dtype: Dtype) -> usize {
+    dtype.bitsize().div_ceil(8)
+}
+
+fn corrupt(file: &str, reason: String) -> Error {
+    Error::CorruptWeights {
+        file: file.to_string(),
+        reason,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TensorRef {
+    storage_key: String,
+    dtype: Dtype,
+    offset: usize,
+    size: Vec<usize>,
+    stride: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum Value {
+    None,
+    // Booleans, floats and bytes are kept only as placeholders: no state dict entry needs them.
+    Bool,
+    Int(i64),
+    Float,
+    Str(String),
+    Bytes,
+    Tuple(Vec<Value>),
+    List(Vec<Value>),
+    Dict(Vec<(Value, Value)>),
+    /// An allowed import (`module.name`).
+    Global(String),
+    Storage {
+        key: String,
+        dtype: Dtype,
+    },
+    Tensor(TensorRef),
+    Mark,
+}
+
+impl Value {
+    fn kind(&self) -> &'static str {
+        match self {
+            Value::None => "None",
+            Value::Bool => "bool",
+            Value::Int(_) => "int",
+            Value::Float => "float",
+            Value::Str(_) => "str",
+            Value::Bytes => "bytes",
+            Value::Tuple(_) => "tuple",
+            Value::List(_) => "list",
+            Value::Dict(_) => "dict",
+            Value::Global(_) => "class or function",
+            Value::Storage { .. } => "storage",
+            Value::Tensor(_) => "tensor",
+            Value::Mark => "mark",
+        }
+    }
+}
+
+/// The imports a state dict may make: containers, storage types and tensor rebuilders.
+fn allowed_global(name: &str) -> bool {
+    matches!(
+        name,
+        "collections.OrderedDict"
+            | "torch._utils._rebuild_tensor_v2"
+            | "torch._utils._rebuild_parameter"
+    ) || storage_dtype(name).is_some()
+}
+
+fn storage_dtype(name: &str) -> Option<Dtype> {
+    Some(match name {
+        "torch.FloatStorage" => Dtype::F32,
+        "torch.HalfStorage" => Dtype::F16,
+        "torch.BFloat16Storage" => Dtype::BF16,
+        "torch.DoubleStorage" => Dtype::F64,
+        "torch.LongStorage" => Dtype::I64,
+        "torch.IntStorage" => Dtype::I32,
+        "torch.ShortStorage" => Dtype::I16,
+        "torch.CharStorage" => Dtype::I8,
+        "torch.ByteStorage" => Dtype::U8,
+        "torch.BoolStorage" => Dtype::BOOL,
+        _ => return None,
+    })
+}
+
+/// The pickle stack machine (protocols 2-4, the subset `torch.save` emits for state dicts).
+struct Machine<'a> {
+    file: &'a str,
+    stack: Vec<Value>,
+    memo: BTreeMap<u32, Value>,
+}
+
+impl<'a> Machine<'a> {
+    fn new(file: &'a str) -> Self {
+        Self {
+            file,
+            stack: vec![],
+            memo: BTreeMap::new(),
+        }
+    }
+
+    fn err(&self, reason: impl Into<String>) -> Error {
+        corrupt(self.file, format!("data.pkl: {}", reason.into()))
+    }
+
+    fn pop(&mut self) -> Result<Value> {
+        self.stack.pop().ok_or_else(|| self.err("stack underflow"))
+    }
+
+    /// Pops everything above the topmost mark.
+    fn pop_mark(&mut self) -> Result<Vec<Value>> {
+        let at = self
+            .stack
+            .iter()
+            .rposition(|v| matches!(v, Value::Mark))
+            .ok_or_else(|| self.err("no mark on the stack"))?;
+        let items = self.stack.split_off(at + 1);
+        self.stack.pop();
+        Ok(items)
+    }
+
+    fn top(&mut self) -> Result<&mut Value> {
+        let file = self.file;
+        self.stack
+            .last_mut()
+            .ok_or_else(|| corrupt(file, "data.pkl: stack underflow".into()))
+    }
+
+    fn run(mut self, code: &[u8]) -> Result<Value> {
+        let mut r = Reader { code, at: 0 };
+        loop {
+            let op = r.u8().ok_or_else(|| self.err("ends before STOP"))?;
+            let short = || self.err("truncated opcode argument");
+            match op {
+                0x80 => {
+                    r.u8().ok_or_else(short)?;
+                }
+                0x95 => {
+                    r.take(8).ok_or_else(short)?;
+                }
+                b'.' => return self.pop(),
+                b'(' => self.stack.push(Value::Mark),
+                b'}' => self.stack.push(Value::Dict(vec![])),
+                b']' => self.stack.push(Value::List(vec![])),
+                b')' => self.stack.push(Value::Tuple(vec![])),
+                b'N' => self.stack.push(Value::None),
+                0x88 | 0x89 => self.stack.push(Value::Bool),
+                b'J' => {
+                    let v = i32::from_le_bytes(r.array().ok_or_else(short)?);
+                    self.stack.push(Value::Int(v.into()));
+                }
+                b'K' => {
+                    let v = r.u8().ok_or_else(short)?;
+                    self.stack.push(Value::Int(v.into()));
+                }
+                b'M' => {
+                    let v = u16::from_le_bytes(r.array().ok_or_else(short)?);
+                    self.stack.push(Value::Int(v.into()));
+                }
+                0x8a => {
+                    let n = r.u8().ok_or_else(short)? as usize;
+                    let bytes = r.take(n).ok_or_else(short)?;
+                    if n > 8 {
+                        return Err(self.err("integer wider than 64 bits"));
+                    }
+                    let negative = bytes.last().is_some_and(|b| b & 0x80 != 0);
+                    let mut buf = [if negative { 0xff } else { 0 }; 8];
+                    buf[..n].copy_from_slice(bytes);
+                    self.stack.push(Value::Int(i64::from_le_bytes(buf)));
+                }
+                b'G' => {
+                    r.take(8).ok_or_else(short)?;
+                    self.stack.push(Value::Float);
+                }
+                b'X' | 0x8c | 0x8d => {
+                    let n = match op {
+                        b'X' => u32::from_le_bytes(r.array().ok_or_else(short)?) as usize,
+                        0x8c => r.u8().ok_or_else(short)? as usize,
+                        _ => u64::from_le_bytes(r.array().ok_or_else(short)?) as usize,
+                    };
+                    let bytes = r.take(n).ok_or_else(short)?;
+                    let s = String::from_utf8(bytes.to_vec())
+                        .map_err(|_| self.err("string is not UTF-8"))?;
+                    self.stack.push(Value::Str(s));
+                }
+                b'C' | b'B' => {
+                    let n = if op == b'C' {
+                        r.u8().ok_or_else(short)? as usize
+                    } else {
+                        u32::from_le_bytes(r.array().ok_or_else(short)?) as usize
+                    };
+                    r.take(n).ok_or_else(short)?;
+                    self.stack.push(Value::Bytes);
+                }
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.stack.push(Value::Tuple(items));
+                }
+                0x85..=0x87 => {
+                    let n = (op - 0x84) as usize;
+                    if self.stack.len() < n {
+                        return Err(self.err("stack underflow"));
+                    }
+                    let items = self.stack.split_off(self.stack.len() - n);
+                    self.stack.push(Value::Tuple(items));
+                }
+                b'q' | b'r' | 0x94 => {
+                    let key = match op {
+                        b'q' => r.u8().ok_or_else(short)? as u32,
+                        b'r' => u32::from_le_bytes(r.array().ok_or_else(short)?),
+                        _ => self.memo.len() as u32,
+                    };
+                    let v = self.top()?.clone();
+                    self.memo.insert(key, v);
+                }
+                b'h' | b'j' => {
+                    let key = if op == b'h' {
+                        r.u8().ok_or_else(short)? as u32
+                    } else {
+                        u32::from_le_bytes(r.array().ok_or_else(short)?)
+                    };
+                    let v = self
+                        .memo
+                        .get(&key)
+                        .cloned()
+                        .ok_or_else(|| self.err(format!("memo {key} is unset")))?;
+                    self.stack.push(v);
+                }
+                b'c' => {
+                    let module = r.line().ok_or_else(short)?;
+                    let name = r.line().ok_or_else(short)?;
+                    let global = format!("{module}.{name}");
+                    self.push_global(global)?;
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    let (Value::Str(module), Value::Str(name)) = (module, name) else {
+                        return Err(self.err("STACK_GLOBAL without string names"));
+                    };
+                    self.push_global(format!("{module}.{name}"))?;
+                }
+                b'Q' => {
+                    let pid = self.pop()?;
+                    let storage = self.persistent_load(pid)?;
+                    self.stack.push(storage);
+                }
+                b'R' => {
+                    let args = self.pop()?;
+                    let callable = self.pop()?;
+                    let v = self.reduce(callable, args)?;
+                    self.stack.push(v);
+                }
+                b'b' => {
+                    // Object state (OrderedDict's `_metadata`, a tensor's Python attributes):
+                    // not needed for the weights.
+                    self.pop()?;
+                    if !matches!(self.top()?, Value::Dict(_) | Value::Tensor(_)) {
+                        return Err(self.err("BUILD on an object other than a dict or tensor"));
+                    }
+                }
+                b's' | b'u' => {
+                    let items = if op == b's' {
+                        let v = self.pop()?;
+                        let k = self.pop()?;
+                        vec![k, v]
+                    } else {
+                        self.pop_mark()?
+                    };
+                    if items.len() % 2 != 0 {
+                        return Err(self.err("SETITEMS with an odd number of items"));
+                    }
+                    let Value::Dict(dict) = self.top()? else {
+                        return Err(self.err("SETITEM on something other than a dict"));
+                    };
+                    let mut it = items.into_iter();
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        dict.push((k, v));
+                    }
+                }
+                b'a' | b'e' => {
+                    let items = if op == b'a' {
+                        vec![self.pop()?]
+                    } else {
+                        self.pop_mark()?
+                    };
+                    let Value::List(list) = self.top()? else {
+                        return Err(self.err("APPEND on something other than a list"));
+                    };
+                    list.extend(items);
+                }
+                b'i' | b'o' | 0x81 | 0x92 => {
+                    return Err(self.err(
+                        "the pickle constructs arbitrary objects (INST/OBJ/NEWOBJ): a state dict \
+                         never needs that, and Tastebud never runs code from a checkpoint",
+                    ));
+                }
+                other => {
+                    return Err(self.err(format!(
+                        "pickle opcode 0x{other:02x} is not used by state dicts; refusing it"
+                    )));
+                }
+            }
+        }
+    }
+
+    fn push_global(&mut self, name: String) -> Result<()> {
+        if !allowed_global(&name) {
+            return Err(self.err(format!(
+                "the pickle imports `{name}`, which a plain state dict never needs; Tastebud \
+                 never runs code from a checkpoint (re-save only the tensors, or use safetensors)"
+            )));
+        }
+        self.stack.push(Value::Global(name));
+        Ok(())
+    }
+
+    /// `('storage', torch.FloatStorage, key, location, numel)`.
+    fn persistent_load(&self, pid: Value) -> Result<Value> {
+        let Value::Tuple(items) = pid else {
+            return Err(self.err("persistent id is not a tuple"));
+        };
+        match items.as_slice() {
+            [Value::Str(tag), Value::Global(kind), Value::Str(key), ..] if tag == "storage" => {
+                let dtype = storage_dtype(kind)
+                    .ok_or_else(|| self.err(format!("`{kind}` is not a storage type")))?;
+                Ok(Value::Storage {
+                    key: key.clone(),
+                    dtype,
+                })
+            }
+            _ => Err(self.err("persistent id is not a tensor storage")),
+        }
+    }
+
+    fn reduce(&self, callable: Value, args: Value) -> Result<Value> {
+        let Value::Global(name) = callable else {
+            return Err(self.err(format!("calls a {}", callable.kind())));
+        };
+        let Value::Tuple(args) = args else {
+            return Err(self.err(format!("`{name}` called without an argument tuple")));
+        };
+        match name.as_str() {
+            "collections.OrderedDict" if args.is_empty() => Ok(Value::Dict(vec![])),
+            "torch._utils._rebuild_tensor_v2" => match args.as_slice() {
+                [Value::Storage { key, dtype }, offset, size, stride, ..] => {
+                    let usize_of = |v: &Value| match v {
+                        Value::Int(i) if *i >= 0 => Ok(*i as usize),
+                        _ => Err(self.err("tensor offset, size or stride is not a count")),
+                    };
+                    let list = |v: &Value| match v {
+                        Value::Tuple(items) => items.iter().map(usize_of).collect(),
+                        _ => Err(self.err("tensor size or stride is not a tuple")),
+                    };
+                    Ok(Value::Tensor(TensorRef {
+                        storage_key: key.clone(),
+                        dtype: *dtype,
+                        offset: usize_of(offset)?,
+                        size: list(size)?,
+                        stride: list(stride)?,
+                    }))
+                }
+                _ => Err(self.err("_rebuild_tensor_v2 with unexpected arguments")),
+            },
+            "torch._utils._rebuild_parameter" => match args.into_iter().next() {
+                Some(t @ Value::Tensor(_)) => Ok(t),
+                _ => Err(self.err("_rebuild_parameter without a tensor")),
+            },
+            _ => Err(self.err(format!("calls `{name}` with unexpected arguments"))),
+        }
+    }
+}
+
+struct Reader<'a> {
+    code: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let out = self.code.get(self.at..end)?;
+        self.at = end;
+        Some(out)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+    fn line(&mut self) -> Option<String> {
+        let rest = self.code.get(self.at..)?;
+        let end = rest.iter().position(|&b| b == b'\n')?;
+        self.at += end + 1;
+        String::from_utf8(rest[..end].to_vec()).ok()
+    }
+}

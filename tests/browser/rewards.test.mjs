@@ -1,0 +1,79 @@
+// Two rewards in headless Chromium through the JS package: CLIPScore from a transformers folder
+// and HPSv2 from its published .pt, scored together on WebGPU (SwiftShader) and on the CPU
+// fallback; each equals the native CLI and the Python references
+// (tests/reference/make_reward_fixtures.py).
+//
+// Needs: web/pkg (web/build.sh), the native binary in $TASTEBUD_BIN, /usr/bin/chromium.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+import { assertClose, fixtures, referenceTensor, blankPage, useBrowser } from './harness.mjs';
+
+const tastebud = process.env.TASTEBUD_BIN;
+const PROMPT = 'a photo of a cat';
+const IMAGES = ['image0.png', 'image1.png'];
+// Reward kind, fixture folder, files not to fetch (the .pt is what HPSv2 publishes), weight.
+const REWARDS = [
+  ['clip', 'clip-openai', [], 0.01],
+  ['hps', 'rewards/open-clip-tiny', ['open_clip_model.safetensors'], 5.0],
+];
+
+const ctx = useBrowser({ needsCli: true });
+
+async function scoreInBrowser(device) {
+  const { page, logs } = await blankPage(ctx);
+  try {
+    const out = await page.evaluate(async ({ device, rewards, images, prompt }) => {
+      const { default: init, Tastebud } = await import('/web/pkg/tastebud_web.js');
+      await init();
+      const tb = await Tastebud.create(device);
+      for (const [kind, folder, skip, weight] of rewards) {
+        for (const name of Tastebud.reward_files(kind)) {
+          if (skip.includes(name)) continue;
+          const r = await fetch(`/tests/fixtures/${folder}/${name}`);
+          if (r.ok) tb.add_file(name, new Uint8Array(await r.arrayBuffer()));
+        }
+        tb.add_reward(kind, `/tests/fixtures/${folder}`, weight);
+      }
+      const bytes = [];
+      for (const name of images) {
+        bytes.push(new Uint8Array(await (await fetch(`/tests/fixtures/${name}`)).arrayBuffer()));
+      }
+      return { device: tb.device, ...JSON.parse(await tb.score_rewards(prompt, bytes)) };
+    }, { device, rewards: REWARDS, images: IMAGES, prompt: PROMPT });
+    return { ...out, logs };
+  } catch (e) {
+    throw new Error(`${e}\n${logs.join('\n')}`);
+  } finally {
+    await page.close();
+  }
+}
+
+function native() {
+  const args = ['score', '--prompt', PROMPT, '--device', 'cpu', '--json'];
+  for (const [kind, folder, , weight] of REWARDS) {
+    const where = kind === 'hps' ? `${folder}/HPS_v2.1_compressed.pt` : folder;
+    args.push('--reward', `${kind}=${path.join(fixtures, where)}:${weight}`);
+  }
+  args.push(...IMAGES.map((n) => path.join(fixtures, n)));
+  return JSON.parse(execFileSync(tastebud, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
+}
+
+for (const [device, backend] of [['gpu', 'wgpu'], ['cpu', 'flex']]) {
+  test(`CLIPScore + HPSv2 in the browser on ${device} match native and the Python references`, async () => {
+    const got = await scoreInBrowser(device);
+    assert.ok(got.device.startsWith(backend), `ran on ${got.device}, wanted ${backend}`);
+    assert.deepEqual(got.labels, ['clip', 'hps']);
+    const cli = native();
+    for (const [i, image] of IMAGES.entries()) {
+      const s = got.scores[i];
+      for (const [r, [kind]] of REWARDS.entries()) {
+        assertClose(s.rewards[r], cli.scores[i].rewards[kind], `${device} ${kind} ${image} vs native`);
+        assertClose(s.rewards[r], referenceTensor('rewards/reference.safetensors', `${kind}.file_scores`)[i], `${device} ${kind} ${image} vs Python`);
+      }
+      assertClose(s.loss, cli.scores[i].loss, `${device} loss ${image} vs native`);
+      assertClose(s.weighted_total, cli.scores[i].weighted_total, `${device} total ${image} vs native`);
+    }
+  });
+}

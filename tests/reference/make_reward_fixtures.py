@@ -1,0 +1,190 @@
+"""Makes the reward parity fixtures: tiny random rewards in their published layouts and the
+Python references' scores and image gradients on them.
+
+- clip / pickscore: the transformers CLIP folders of make_fixtures.py (tests/fixtures/clip-openai,
+  clip-openclip); scores exp(logit_scale) * cos.
+- OpenCLIP layout (tests/fixtures/rewards/open-clip-tiny): one open_clip model saved both as the
+  hub's open_clip_model.safetensors and as HPSv2's HPS_v2.1_compressed.pt
+  (torch.save({"state_dict": ...}), f16), with open_clip_config.json and the BPE vocabulary;
+  references from open_clip's own encode_image / encode_text and tokenizer.
+- aesthetic (tests/fixtures/rewards/aesthetic-head): LAION's MLP class (nn.Sequential with
+  dropouts, keys layers.0/2/4/6/7), scaled down, saved with torch.save like the published .pth;
+  it runs on clip-openai's image embedding.
+- bad checkpoints: a .pt whose pickle calls os.system, and one in torch's legacy format.
+
+Images go through the differentiable path ReNO uses (torchvision resize bicubic antialias,
+centre crop, normalise on float tensors) and, for files, through CLIPImageProcessor. Gradients
+are d(sum of scores)/d(images). Run after make_fixtures.py, from the repository root:
+
+    python tests/reference/make_reward_fixtures.py
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import open_clip
+import torch
+import torchvision
+import transformers
+from safetensors.torch import save_file
+from torchvision.transforms.v2 import functional as tvF
+from transformers import CLIPImageProcessor, CLIPModel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_fixtures import ROOT, half_roundtrip, test_images  # noqa: E402
+
+OUT = os.path.join(ROOT, "rewards")
+PROMPT = "a photo of a cat"
+MEAN, STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+
+class AestheticMLP(torch.nn.Module):
+    """improved-aesthetic-predictor's MLP, with every width divided down (real: 768-1024-128-64-16-1)."""
+
+    def __init__(self, input_size, widths=(24, 12, 8, 4)):
+        super().__init__()
+        a, b, c, d = widths
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(input_size, a), torch.nn.Dropout(0.2),
+            torch.nn.Linear(a, b), torch.nn.Dropout(0.2),
+            torch.nn.Linear(b, c), torch.nn.Dropout(0.1),
+            torch.nn.Linear(c, d), torch.nn.Linear(d, 1))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class RunsCode:
+    """What a malicious checkpoint pickles: unpickling it calls os.system."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this checkpoint ran code",))
+
+
+def float_images():
+    """A batch of two float images in [0, 1] at a size that is neither square nor 224."""
+    g = torch.Generator().manual_seed(7)
+    return torch.rand(2, 3, 48, 64, generator=g)
+
+
+def differentiable_pixels(x):
+    y = tvF.resize(x, [224], interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
+    y = tvF.center_crop(y, [224, 224])
+    return tvF.normalize(y, MEAN, STD)
+
+
+def file_pixels(images):
+    proc = CLIPImageProcessor()  # CLIP's defaults: 224, bicubic, centre crop, CLIP mean/std
+    return proc(images=images, return_tensors="pt")["pixel_values"]
+
+
+def text_features(model, **inputs):
+    return model.text_projection(model.text_model(**inputs).pooler_output)
+
+
+def image_features(model, px):
+    return model.visual_projection(model.vision_model(pixel_values=px).pooler_output)
+
+
+def unit(t):
+    return t / t.norm(dim=-1, keepdim=True)
+
+
+def record(tensors, name, score_fn, grad=True):
+    """Scores of the float batch (with their image gradient) and of the two PNGs."""
+    x = float_images().requires_grad_(grad)
+    s = score_fn(differentiable_pixels(x))
+    tensors[f"{name}.float_scores"] = s.detach().clone()
+    if grad:
+        s.sum().backward()
+        tensors[f"{name}.grad"] = x.grad.detach().clone()
+    with torch.no_grad():
+        tensors[f"{name}.file_scores"] = score_fn(file_pixels(test_images())).clone()
+
+
+def hf_clip_scores(folder, tensors, name, variant=None):
+    model = CLIPModel.from_pretrained(os.path.join(ROOT, folder), variant=variant).float().eval()
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(ROOT, folder))
+    with torch.no_grad():
+        text = unit(text_features(model, **tok([PROMPT], return_tensors="pt")))
+    scale = model.logit_scale.exp().item()
+    record(tensors, name, lambda px: scale * (unit(image_features(model, px)) @ text.T)[:, 0])
+    return model
+
+
+def open_clip_model():
+    torch.manual_seed(11)
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 224, "layers": 2, "width": 40, "head_width": 20, "patch_size": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
+    }
+    model = open_clip.model.CLIP(**cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # open_clip zero-inits some tensors; make every one count
+            p.add_(torch.randn_like(p) * 0.02)
+        model.logit_scale.fill_(2.3)
+    return half_roundtrip(model), cfg
+
+
+def main():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    shutil.rmtree(OUT, ignore_errors=True)
+    os.makedirs(OUT)
+    tensors = {}
+    ref = {"prompt": PROMPT, "versions": {
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "transformers": transformers.__version__, "open_clip": open_clip.__version__,
+        "numpy": np.__version__}}
+
+    # CLIPScore and PickScore on transformers folders.
+    clip = hf_clip_scores("clip-openai", tensors, "clip")
+    hf_clip_scores("clip-openclip", tensors, "pickscore", variant="fp16")
+
+    # OpenCLIP layout: hub safetensors and HPSv2's .pt, one model.
+    oc, cfg = open_clip_model()
+    folder = os.path.join(OUT, "open-clip-tiny")
+    os.makedirs(folder)
+    state = {k: v.detach().half().contiguous() for k, v in oc.state_dict().items()}
+    save_file(state, os.path.join(folder, "open_clip_model.safetensors"))
+    torch.save({"state_dict": state, "epoch": 3}, os.path.join(folder, "HPS_v2.1_compressed.pt"))
+    with open(os.path.join(folder, "open_clip_config.json"), "w") as f:
+        json.dump({"model_cfg": cfg, "preprocess_cfg": {"mean": MEAN, "std": STD}}, f, indent=1)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(os.path.join(ROOT, "clip-openclip", name), folder)
+    tokens = open_clip.get_tokenizer("ViT-H-14")([PROMPT])
+    with torch.no_grad():
+        text = unit(oc.encode_text(tokens))
+    scale = oc.logit_scale.exp().item()
+    cos = lambda px: (unit(oc.encode_image(px)) @ text.T)[:, 0]  # noqa: E731
+    record(tensors, "hps", cos)
+    record(tensors, "open_clip", lambda px: scale * cos(px), grad=False)
+    ref["open_clip_tokens"] = tokens[0][: int(tokens[0].argmax()) + 1].tolist()
+
+    # LAION aesthetic head on clip-openai's image embedding.
+    torch.manual_seed(5)
+    head = AestheticMLP(clip.config.projection_dim).eval()
+    os.makedirs(os.path.join(OUT, "aesthetic-head"))
+    torch.save(head.state_dict(), os.path.join(OUT, "aesthetic-head", "sac+logos+ava1-l14-linearMSE.pth"))
+    record(tensors, "aesthetic", lambda px: head(unit(image_features(clip, px)))[:, 0])
+
+    # Checkpoints that must be refused.
+    bad = os.path.join(OUT, "bad")
+    os.makedirs(bad)
+    torch.save({"state_dict": {"w": torch.ones(2)}, "payload": RunsCode()}, os.path.join(bad, "runs-code.pt"))
+    torch.save({"w": torch.ones(2)}, os.path.join(bad, "legacy.pt"), _use_new_zipfile_serialization=False)
+
+    tensors["images"] = float_images()
+    tensors = {k: v.detach().float().contiguous() for k, v in tensors.items()}
+    save_file(tensors, os.path.join(OUT, "reference.safetensors"))
+    with open(os.path.join(OUT, "reference.json"), "w") as f:
+        json.dump(ref, f, indent=1)
+    print("wrote", OUT, sorted(tensors))
+
+
+if __name__ == "__main__":
+    main()

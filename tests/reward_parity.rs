@@ -1,0 +1,279 @@
+//! Rewards against their Python references (tests/reference/make_reward_fixtures.py): scores of
+//! float images through the differentiable preprocessing and of PNG files through
+//! CLIPImageProcessor, image gradients against PyTorch's, from each reward's published layout.
+
+mod common;
+
+use common::*;
+use tastebud_core::preprocess::decode_rgb;
+use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
+use tastebud_core::torch_pickle;
+use tastebud_core::{Error, ModelFiles};
+
+const REFERENCE: &str = "rewards/reference.safetensors";
+const PROMPT: &str = "a photo of a cat";
+
+fn reference(name: &str) -> Vec<f32> {
+    reference_tensor_in(REFERENCE, name).0
+}
+
+/// The published layout of each fixture reward, keyed by its reference name.
+fn files_for(name: &str) -> (RewardKind, ModelFiles) {
+    match name {
+        "clip" => (RewardKind::Clip, model_files("clip-openai")),
+        "pickscore" => (RewardKind::PickScore, model_files("clip-openclip")),
+        "hps" => {
+            let mut files = model_files("rewards/open-clip-tiny");
+            files.take("open_clip_model.safetensors");
+            (RewardKind::Hps, files)
+        }
+        "open_clip" => {
+            let mut files = model_files("rewards/open-clip-tiny");
+            files.take("HPS_v2.1_compressed.pt");
+            (RewardKind::Clip, files)
+        }
+        "aesthetic" => {
+            let mut files = model_files("clip-openai");
+            let head = "sac+logos+ava1-l14-linearMSE.pth";
+            let bytes = std::fs::read(fixtures().join("rewards/aesthetic-head").join(head))
+                .expect("aesthetic head fixture");
+            files.insert(head, bytes);
+            (RewardKind::Aesthetic, files)
+        }
+        other => panic!("no fixture for {other}"),
+    }
+}
+
+fn reward_set(name: &str, device: &tastebud_core::burn::tensor::Device) -> RewardSet {
+    let (kind, files) = files_for(name);
+    let reward = rewards::load(kind, files, device).expect("reward loads");
+    let mut set = RewardSet::new(vec![RewardTerm {
+        label: name.into(),
+        reward,
+        weight: 1.0,
+    }])
+    .expect("reward set");
+    set.set_prompt(PROMPT, false).expect("prompt encodes");
+    set
+}
+
+fn float_images(
+    device: &tastebud_core::burn::tensor::Device,
+) -> tastebud_core::burn::tensor::Tensor<4> {
+    tensor(reference("images"), [2, 3, 48, 64], device)
+}
+
+fn png_images() -> Vec<image::RgbImage> {
+    ["image0.png", "image1.png"]
+        .iter()
+        .map(|n| {
+            let bytes = std::fs::read(fixtures().join(n)).expect("image fixture");
+            decode_rgb(n, &bytes).expect("image decodes")
+        })
+        .collect()
+}
+
+fn check_scores(name: &str) {
+    for device in devices() {
+        let set = reward_set(name, &device.device);
+        let on = device_name(&device);
+        let values = set.evaluate(float_images(&device.device)).expect("scores");
+        let got = read(values.rewards[0].clone());
+        assert_close(
+            &format!("{name} float scores on {on}"),
+            &got,
+            &reference(&format!("{name}.float_scores")),
+            1e-4,
+        );
+        let values = set
+            .evaluate_files(&png_images(), &device.device)
+            .expect("file scores");
+        let got = read(values.rewards[0].clone());
+        assert_close(
+            &format!("{name} file scores on {on}"),
+            &got,
+            &reference(&format!("{name}.file_scores")),
+            1e-4,
+        );
+    }
+}
+
+/// d(sum of scores)/d(images) through preprocessing, backbone and head, against PyTorch.
+fn check_gradient(name: &str) {
+    for device in devices() {
+        let ad = device.device.clone().autodiff();
+        let set = reward_set(name, &ad);
+        let x = float_images(&ad).require_grad();
+        let values = set.evaluate(x.clone()).expect("scores");
+        let grads = values.rewards[0].clone().sum().backward();
+        let g = read(x.grad(&grads).expect("gradient reaches the images"));
+        assert_close(
+            &format!("{name} image gradient on {}", device_name(&device)),
+            &g,
+            &reference(&format!("{name}.grad")),
+            1e-3,
+        );
+    }
+}
+
+#[test]
+fn clipscore_matches_transformers() {
+    check_scores("clip");
+    check_gradient("clip");
+}
+
+#[test]
+fn pickscore_matches_transformers() {
+    check_scores("pickscore");
+}
+
+#[test]
+fn hps_from_its_pt_matches_open_clip() {
+    check_scores("hps");
+    check_gradient("hps");
+}
+
+#[test]
+fn clipscore_from_open_clip_safetensors_matches_open_clip() {
+    check_scores("open_clip");
+}
+
+#[test]
+fn aesthetic_from_its_pth_matches_the_laion_mlp() {
+    check_scores("aesthetic");
+    check_gradient("aesthetic");
+}
+
+#[test]
+fn reward_set_weights_reno_losses() {
+    let device = tastebud_core::ComputeDevice::cpu().device;
+    let terms = ["clip", "aesthetic"]
+        .iter()
+        .zip([0.01f32, 0.5])
+        .map(|(name, weight)| {
+            let (kind, files) = files_for(name);
+            RewardTerm {
+                label: name.to_string(),
+                reward: rewards::load(kind, files, &device).expect("reward loads"),
+                weight,
+            }
+        })
+        .collect();
+    let mut set = RewardSet::new(terms).expect("reward set");
+    set.set_prompt(PROMPT, false).expect("prompt");
+    let values = set.evaluate(float_images(&device)).expect("scores");
+    let scores = pollster::block_on(set.read(values)).expect("readback");
+    let clip = reference("clip.float_scores");
+    let aesthetic = reference("aesthetic.float_scores");
+    for (i, s) in scores.iter().enumerate() {
+        let loss = 0.01 * (100.0 - clip[i]) + 0.5 * (10.0 - aesthetic[i]);
+        let total = 0.01 * clip[i] + 0.5 * aesthetic[i];
+        assert!(
+            (s.loss - loss).abs() < 1e-4 * loss.abs().max(1.0),
+            "{} vs {loss}",
+            s.loss
+        );
+        assert!((s.weighted_total - total).abs() < 1e-4 * total.abs().max(1.0));
+        assert_eq!(s.rewards.len(), 2);
+    }
+}
+
+#[test]
+fn checkpoints_that_run_code_are_refused() {
+    let path = fixtures().join("rewards/bad/runs-code.pt");
+    let bytes = std::fs::read(&path).expect("fixture");
+    let err = torch_pickle::read_checkpoint("runs-code.pt", &bytes).expect_err("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("system") && msg.contains("never runs code"),
+        "{msg}"
+    );
+
+    let bytes = std::fs::read(fixtures().join("rewards/bad/legacy.pt")).expect("fixture");
+    let msg = torch_pickle::read_checkpoint("legacy.pt", &bytes)
+        .expect_err("legacy refused")
+        .to_string();
+    assert!(msg.contains("legacy"), "{msg}");
+
+    // Truncated anywhere: an error, never a panic.
+    let good =
+        std::fs::read(fixtures().join("rewards/aesthetic-head/sac+logos+ava1-l14-linearMSE.pth"))
+            .expect("fixture");
+    for cut in [10, good.len() / 3, good.len() / 2, good.len() - 30] {
+        assert!(torch_pickle::read_checkpoint("cut.pth", &good[..cut]).is_err());
+    }
+}
+
+#[test]
+fn pt_reader_reads_the_tensors_torch_saved() {
+    let bytes = std::fs::read(fixtures().join("rewards/open-clip-tiny/HPS_v2.1_compressed.pt"))
+        .expect("fixture");
+    let from_pt = torch_pickle::read_checkpoint("hps.pt", &bytes).expect("reads");
+    let st = std::fs::read(fixtures().join("rewards/open-clip-tiny/open_clip_model.safetensors"))
+        .expect("fixture");
+    let from_st = torch_pickle::from_safetensors("open_clip.safetensors", &st).expect("reads");
+    // The same state dict saved two ways: equal names, dtypes, shapes and bytes.
+    assert_eq!(from_pt.len(), from_st.len());
+    assert!(from_pt.len() > 20);
+    for (name, t) in &from_st {
+        assert_eq!(from_pt.get(name), Some(t), "{name}");
+    }
+}
+
+#[test]
+fn wrong_or_incomplete_reward_files_are_named() {
+    let device = tastebud_core::ComputeDevice::cpu().device;
+    let load = |kind, files| rewards::load(kind, files, &device).map(|_| ());
+
+    // HPS without open_clip_config.json falls back to ViT-H-14 (head width 80): the tiny model
+    // does not divide, and the error says so.
+    let (_, mut files) = files_for("hps");
+    files.take("open_clip_config.json");
+    let msg = load(RewardKind::Hps, files)
+        .expect_err("not ViT-H")
+        .to_string();
+    assert!(msg.contains("head_width 80"), "{msg}");
+
+    // A CLIP folder without the aesthetic head.
+    let msg = load(RewardKind::Aesthetic, model_files("clip-openai"))
+        .expect_err("no head")
+        .to_string();
+    assert!(msg.contains("sac+logos+ava1-l14-linearMSE.pth"), "{msg}");
+
+    // The aesthetic head given as an HPS checkpoint: the missing CLIP tensors are named.
+    let mut files = ModelFiles::new("wrong");
+    let head =
+        std::fs::read(fixtures().join("rewards/aesthetic-head/sac+logos+ava1-l14-linearMSE.pth"))
+            .expect("fixture");
+    files.insert("HPS_v2.1_compressed.pt", head);
+    let msg = load(RewardKind::Hps, files)
+        .expect_err("wrong kind")
+        .to_string();
+    assert!(msg.contains("visual.conv1.weight"), "{msg}");
+
+    // The head under another name, on another CLIP of the same embedding width, loads.
+    let (_, mut files) = files_for("aesthetic");
+    let head = files
+        .take("sac+logos+ava1-l14-linearMSE.pth")
+        .expect("head");
+    let mut files = model_files("clip-openclip");
+    files.insert("my-head.pth", head);
+    assert!(load(RewardKind::Aesthetic, files).is_ok());
+
+    assert!(matches!(
+        load(RewardKind::ImageReward, ModelFiles::new("x")),
+        Err(Error::Unsupported(_))
+    ));
+    assert!(RewardKind::parse("nope").is_err());
+    assert_eq!(RewardKind::parse("HPSv2.1").ok(), Some(RewardKind::Hps));
+}
+
+#[test]
+fn bad_images_and_prompts_are_errors() {
+    let device = tastebud_core::ComputeDevice::cpu().device;
+    let mut set = reward_set("clip", &device);
+    let gray = tensor(vec![0.5; 2 * 16 * 16], [2, 1, 16, 16], &device);
+    assert!(set.evaluate(gray).is_err());
+    assert!(set.evaluate_files(&[], &device).is_err());
+    assert!(set.set_prompt("   ", false).is_err());
+}
