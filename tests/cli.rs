@@ -128,6 +128,35 @@ fn score_combines_rewards_from_their_published_files() {
     }
 }
 
+/// DINOv2 similarity: reference images are extra paths of the reward.
+#[test]
+fn score_dino_takes_reference_images_as_paths() {
+    let out = tastebud(&[
+        "score",
+        "--reward",
+        &format!("dino={},{}", fixture("rewards/dinov2-tiny"), fixture("image1.png")),
+        "--prompt",
+        "unused by dino",
+        "--device",
+        "cpu",
+        "--json",
+        &fixture("image0.png"),
+        &fixture("image1.png"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Vec<f32> = json["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["rewards"]["dino"].as_f64().unwrap() as f32)
+        .collect();
+    let (want, _) = reference_tensor_in("rewards/reference.safetensors", "dino.file_scores");
+    assert_close("dino file scores", &got, &want, 1e-4);
+    // image1 is its own reference.
+    assert!((got[1] - 1.0).abs() < 1e-5, "{}", got[1]);
+}
+
 #[test]
 fn repeat_reports_median_timings_in_json() {
     let out = tastebud(&[

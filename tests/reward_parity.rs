@@ -40,6 +40,12 @@ fn files_for(name: &str) -> (RewardKind, ModelFiles) {
             files.insert(head, bytes);
             (RewardKind::Aesthetic, files)
         }
+        "dino" => {
+            let mut files = model_files("rewards/dinov2-tiny");
+            let bytes = std::fs::read(fixtures().join("image1.png")).expect("image fixture");
+            files.insert("image1.png", bytes);
+            (RewardKind::Dino, files)
+        }
         other => panic!("no fixture for {other}"),
     }
 }
@@ -142,6 +148,13 @@ fn clipscore_from_open_clip_safetensors_matches_open_clip() {
 fn aesthetic_from_its_pth_matches_the_laion_mlp() {
     check_scores("aesthetic");
     check_gradient("aesthetic");
+}
+
+/// DINOv2 with its 5x5 position grid interpolated to a 224 crop's 16x16 patches.
+#[test]
+fn dino_similarity_matches_transformers() {
+    check_scores("dino");
+    check_gradient("dino");
 }
 
 #[test]
@@ -259,6 +272,12 @@ fn wrong_or_incomplete_reward_files_are_named() {
     let mut files = model_files("clip-openclip");
     files.insert("my-head.pth", head);
     assert!(load(RewardKind::Aesthetic, files).is_ok());
+
+    // DINOv2 without a reference image.
+    let msg = load(RewardKind::Dino, model_files("rewards/dinov2-tiny"))
+        .expect_err("no reference")
+        .to_string();
+    assert!(msg.contains("reference images"), "{msg}");
 
     assert!(matches!(
         load(RewardKind::ImageReward, ModelFiles::new("x")),

@@ -12,10 +12,11 @@ use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
 
 #[derive(Args)]
 pub struct ScoreArgs {
-    /// A reward: NAME=PATH[,PATH...][:WEIGHT]. NAME is clip, pickscore, hps, aesthetic; PATH a
-    /// model folder or a weight file (its folder supplies config and tokenizer files); several
-    /// paths are merged (e.g. aesthetic=head.pth,clip-vit-large-patch14). WEIGHT defaults to
-    /// ReNO's weight for the reward. Repeat the flag to combine rewards.
+    /// A reward: NAME=PATH[,PATH...][:WEIGHT]. NAME is clip, pickscore, hps, aesthetic or dino;
+    /// PATH a model folder or a file (a weight file's folder supplies config and tokenizer
+    /// files); several paths are merged (aesthetic=head.pth,clip-vit-large-patch14;
+    /// dino=dinov2-small,ref1.png,ref2.png gives DINOv2 its reference images). WEIGHT defaults
+    /// to ReNO's weight for the reward. Repeat the flag to combine rewards.
     #[arg(long = "reward", required = true, value_name = "NAME=PATH[:WEIGHT]")]
     rewards: Vec<String>,
     /// The text to score the images against.

@@ -10,7 +10,11 @@ Python references' scores and image gradients on them.
 - aesthetic (tests/fixtures/rewards/aesthetic-head): LAION's MLP class (nn.Sequential with
   dropouts, keys layers.0/2/4/6/7), scaled down, saved with torch.save like the published .pth;
   it runs on clip-openai's image embedding.
-- bad checkpoints: a .pt whose pickle calls os.system, and one in torch's legacy format.
+- dino (tests/fixtures/rewards/dinov2-tiny): a transformers Dinov2Model folder whose position
+  grid (5x5, image_size 70) is interpolated to the 16x16 patches of a 224 crop; the reference
+  image is tests/fixtures/image1.png, preprocessed by the folder's BitImageProcessor.
+- bad checkpoints: a .pt whose pickle calls os.system, and one in torch's legacy format (the
+  only file that differs between runs: the legacy format records random storage keys).
 
 Images go through the differentiable path ReNO uses (torchvision resize bicubic antialias,
 centre crop, normalise on float tensors) and, for files, through CLIPImageProcessor. Gradients
@@ -70,14 +74,14 @@ def float_images():
     return torch.rand(2, 3, 48, 64, generator=g)
 
 
-def differentiable_pixels(x):
-    y = tvF.resize(x, [224], interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
+def differentiable_pixels(x, short=224, mean=MEAN, std=STD):
+    y = tvF.resize(x, [short], interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
     y = tvF.center_crop(y, [224, 224])
-    return tvF.normalize(y, MEAN, STD)
+    return tvF.normalize(y, mean, std)
 
 
-def file_pixels(images):
-    proc = CLIPImageProcessor()  # CLIP's defaults: 224, bicubic, centre crop, CLIP mean/std
+def file_pixels(images, proc=None):
+    proc = proc or CLIPImageProcessor()  # CLIP's defaults: 224, bicubic, centre crop, CLIP mean/std
     return proc(images=images, return_tensors="pt")["pixel_values"]
 
 
@@ -93,16 +97,16 @@ def unit(t):
     return t / t.norm(dim=-1, keepdim=True)
 
 
-def record(tensors, name, score_fn, grad=True):
+def record(tensors, name, score_fn, grad=True, pixels=differentiable_pixels, proc=None):
     """Scores of the float batch (with their image gradient) and of the two PNGs."""
     x = float_images().requires_grad_(grad)
-    s = score_fn(differentiable_pixels(x))
+    s = score_fn(pixels(x))
     tensors[f"{name}.float_scores"] = s.detach().clone()
     if grad:
         s.sum().backward()
         tensors[f"{name}.grad"] = x.grad.detach().clone()
     with torch.no_grad():
-        tensors[f"{name}.file_scores"] = score_fn(file_pixels(test_images())).clone()
+        tensors[f"{name}.file_scores"] = score_fn(file_pixels(test_images(), proc)).clone()
 
 
 def hf_clip_scores(folder, tensors, name, variant=None):
@@ -171,6 +175,26 @@ def main():
     os.makedirs(os.path.join(OUT, "aesthetic-head"))
     torch.save(head.state_dict(), os.path.join(OUT, "aesthetic-head", "sac+logos+ava1-l14-linearMSE.pth"))
     record(tensors, "aesthetic", lambda px: head(unit(image_features(clip, px)))[:, 0])
+
+    # DINOv2 similarity to a reference image.
+    from transformers import AutoImageProcessor, BitImageProcessor, Dinov2Config, Dinov2Model
+    torch.manual_seed(13)
+    folder = os.path.join(OUT, "dinov2-tiny")
+    dino = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                    image_size=70, patch_size=14)).eval()
+    with torch.no_grad():
+        for p in dino.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    dino.save_pretrained(folder)
+    BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    proc = AutoImageProcessor.from_pretrained(folder)
+    ref["dino_processor"] = type(proc).__name__
+    with torch.no_grad():
+        reference_feature = unit(dino(pixel_values=file_pixels([test_images()[1]], proc)).pooler_output)
+    dino_pixels = lambda x: differentiable_pixels(x, 256, proc.image_mean, proc.image_std)  # noqa: E731
+    record(tensors, "dino", lambda px: (unit(dino(pixel_values=px).pooler_output) @ reference_feature.T)[:, 0],
+           pixels=dino_pixels, proc=proc)
 
     # Checkpoints that must be refused.
     bad = os.path.join(OUT, "bad")

@@ -8,6 +8,7 @@
 
 pub mod aesthetic;
 pub mod clip_reward;
+pub mod dino;
 
 use burn::tensor::{Device, Tensor};
 use image::RgbImage;
@@ -31,7 +32,7 @@ pub enum RewardKind {
     Aesthetic,
     /// ImageReward v1.0 (BLIP + BERT): not implemented yet.
     ImageReward,
-    /// DINOv2 similarity to reference images: not implemented yet.
+    /// DINOv2 similarity: mean cosine of class features to reference images.
     Dino,
 }
 
@@ -123,6 +124,7 @@ pub trait Reward {
 pub fn files_wanted(kind: RewardKind) -> Vec<&'static str> {
     match kind {
         RewardKind::Aesthetic => aesthetic::files_wanted(),
+        RewardKind::Dino => dino::files_wanted(),
         _ => clip_reward::files_wanted(),
     }
 }
@@ -136,7 +138,8 @@ pub fn load(kind: RewardKind, files: ModelFiles, device: &Device) -> Result<Box<
         RewardKind::Aesthetic => Ok(Box::new(aesthetic::AestheticReward::from_files(
             files, device,
         )?)),
-        RewardKind::ImageReward | RewardKind::Dino => Err(Error::Unsupported(format!(
+        RewardKind::Dino => Ok(Box::new(dino::DinoReward::from_files(files, device)?)),
+        RewardKind::ImageReward => Err(Error::Unsupported(format!(
             "the {} reward is not implemented yet",
             kind.name()
         ))),
