@@ -134,7 +134,11 @@ fn score_dino_takes_reference_images_as_paths() {
     let out = tastebud(&[
         "score",
         "--reward",
-        &format!("dino={},{}", fixture("rewards/dinov2-tiny"), fixture("image1.png")),
+        &format!(
+            "dino={},{}",
+            fixture("rewards/dinov2-tiny"),
+            fixture("image1.png")
+        ),
         "--prompt",
         "unused by dino",
         "--device",

@@ -125,6 +125,28 @@ fn tiny_request() -> Request {
     }
 }
 
+/// Sizes whose decoder activations exceed the device's largest buffer are refused before any
+/// work, with the sizes named (lavapipe binds at most 128 MiB; SD's VAE at 512x512 holds a
+/// 256-channel 512x512 tensor of 256 MiB).
+#[test]
+fn decoder_activations_over_the_buffer_limit_are_refused() {
+    let mut pipeline =
+        Pipeline::from_files(snapshot_files("sd-turbo-tiny"), &cpu().device).unwrap();
+    let need = pipeline.decoder.largest_activation_bytes(4, 4);
+    pipeline.set_buffer_limit(Some(need - 1));
+    let err = pipeline.prepare(&tiny_request()).unwrap_err().to_string();
+    assert!(
+        err.contains("buffer limit") && err.contains("32x32"),
+        "{err}"
+    );
+    pipeline.set_buffer_limit(Some(need));
+    assert!(pipeline.prepare(&tiny_request()).is_ok());
+
+    // The real SD VAE (block_out_channels 128, 256, 512, 512) for a 64x64 latent.
+    pipeline.decoder.stage_channels = vec![512, 512, 256, 128];
+    assert_eq!(pipeline.decoder.largest_activation_bytes(64, 64), 256 << 20);
+}
+
 #[test]
 fn bad_requests_are_named() {
     let pipeline = Pipeline::from_files(snapshot_files("sd-turbo-tiny"), &cpu().device).unwrap();

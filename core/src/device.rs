@@ -76,6 +76,9 @@ pub struct ComputeDevice {
     pub adapter: Option<AdapterSummary>,
     /// Why this device was picked, when `auto` had to choose.
     pub reason: Option<String>,
+    /// The largest tensor the device can hold in one buffer, in bytes (wgpu: the smaller of
+    /// the storage-binding and buffer limits it was started with); `None` on the CPU.
+    pub max_buffer_bytes: Option<u64>,
 }
 
 impl ComputeDevice {
@@ -85,6 +88,7 @@ impl ComputeDevice {
             backend: "flex",
             adapter: None,
             reason: None,
+            max_buffer_bytes: None,
         }
     }
 
@@ -105,9 +109,15 @@ impl ComputeDevice {
 }
 
 /// burn registers one wgpu runtime per process and refuses a second: keep the first.
-static WGPU: Mutex<Option<(Device, AdapterSummary)>> = Mutex::new(None);
+static WGPU: Mutex<Option<(Device, AdapterSummary, u64)>> = Mutex::new(None);
 
-async fn wgpu_device() -> Result<(Device, AdapterSummary)> {
+/// The device's largest single buffer that kernels can bind.
+fn buffer_limit(device: &wgpu::Device) -> u64 {
+    let l = device.limits();
+    l.max_storage_buffer_binding_size.min(l.max_buffer_size)
+}
+
+async fn wgpu_device() -> Result<(Device, AdapterSummary, u64)> {
     let poisoned = || device_error("gpu", "device lock poisoned");
     // Natively, tests start devices from several threads: start it under the lock.
     #[cfg(not(target_family = "wasm"))]
@@ -120,7 +130,8 @@ async fn wgpu_device() -> Result<(Device, AdapterSummary)> {
             .init_with_setup()
             .map_err(|e| device_error("gpu", &e.to_string()))?;
         let summary = AdapterSummary::from_info(&setup.adapter.get_info());
-        Ok(slot.insert((device, summary)).clone())
+        let limit = buffer_limit(&setup.device);
+        Ok(slot.insert((device, summary, limit)).clone())
     }
     // Browsers only start adapters asynchronously; wasm has one thread.
     #[cfg(target_family = "wasm")]
@@ -133,8 +144,9 @@ async fn wgpu_device() -> Result<(Device, AdapterSummary)> {
             .await
             .map_err(|e| device_error("gpu", &e.to_string()))?;
         let summary = AdapterSummary::from_info(&setup.adapter.get_info());
+        let limit = buffer_limit(&setup.device);
         let mut slot = WGPU.lock().map_err(|_| poisoned())?;
-        Ok(slot.get_or_insert((device, summary)).clone())
+        Ok(slot.get_or_insert((device, summary, limit)).clone())
     }
 }
 
@@ -150,12 +162,13 @@ pub async fn open(choice: DeviceChoice) -> Result<ComputeDevice> {
     match choice {
         DeviceChoice::Cpu => Ok(ComputeDevice::cpu()),
         DeviceChoice::Gpu => {
-            let (device, adapter) = wgpu_device().await?;
+            let (device, adapter, limit) = wgpu_device().await?;
             Ok(ComputeDevice {
                 device,
                 backend: "wgpu",
                 adapter: Some(adapter),
                 reason: None,
+                max_buffer_bytes: Some(limit),
             })
         }
         DeviceChoice::Auto => {
@@ -167,13 +180,14 @@ pub async fn open(choice: DeviceChoice) -> Result<ComputeDevice> {
                 return Ok(cpu);
             }
             match wgpu_device().await {
-                Ok((device, adapter)) if adapter.is_hardware() => Ok(ComputeDevice {
+                Ok((device, adapter, limit)) if adapter.is_hardware() => Ok(ComputeDevice {
                     device,
                     backend: "wgpu",
                     reason: Some("auto: hardware GPU".into()),
                     adapter: Some(adapter),
+                    max_buffer_bytes: Some(limit),
                 }),
-                Ok((_, adapter)) => {
+                Ok((_, adapter, _)) => {
                     let mut cpu = ComputeDevice::cpu();
                     cpu.reason = Some(format!(
                         "auto: wgpu chose software adapter {}",

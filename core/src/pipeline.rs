@@ -145,6 +145,9 @@ pub struct LoadedDecoder {
     /// Pixels per latent (8 for SD's VAE and TAESD).
     pub upscale: usize,
     pub class: String,
+    /// Channels of each decoder stage, from the latent resolution up (each stage but the last
+    /// ends by doubling the resolution): what sizes its largest activations.
+    pub stage_channels: Vec<usize>,
 }
 
 impl LoadedDecoder {
@@ -169,6 +172,7 @@ impl LoadedDecoder {
                     scaling_factor: c.scaling_factor,
                     upscale: 1 << (c.block_out_channels.len() - 1),
                     class,
+                    stage_channels: c.block_out_channels.iter().rev().copied().collect(),
                 })
             }
             "AutoencoderTiny" => {
@@ -179,6 +183,7 @@ impl LoadedDecoder {
                     scaling_factor: c.scaling_factor,
                     upscale,
                     class,
+                    stage_channels: c.decoder_block_out_channels.clone(),
                 })
             }
             other => Err(Error::Unsupported(format!(
@@ -186,6 +191,19 @@ impl LoadedDecoder {
                 files.label("config.json")
             ))),
         }
+    }
+
+    /// Bytes of the largest activation the decoder holds for a `[_, _, h, w]` latent (f32):
+    /// each stage's channels at its resolution, and again after its upsampling.
+    pub fn largest_activation_bytes(&self, h: usize, w: usize) -> u64 {
+        let n = self.stage_channels.len();
+        (0..n)
+            .map(|i| {
+                let scale = 1u64 << (i + usize::from(i + 1 < n)).min(63);
+                self.stage_channels[i] as u64 * (h as u64 * scale) * (w as u64 * scale) * 4
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Final latents to an image in about [-1, 1].
@@ -244,6 +262,9 @@ pub struct Pipeline {
     scheduler_file: String,
     ancestral: bool,
     device: Device,
+    /// The device's largest buffer, when it has one (wgpu): requests whose decoder activations
+    /// exceed it are refused up front instead of failing inside the backend.
+    buffer_limit: Option<u64>,
 }
 
 impl Pipeline {
@@ -307,6 +328,7 @@ impl Pipeline {
             scheduler_file,
             ancestral: class("scheduler") == "EulerAncestralDiscreteScheduler",
             device: device.clone(),
+            buffer_limit: None,
         };
         pipeline.check_conditioning_widths(&index_file)?;
         Ok(pipeline)
@@ -328,6 +350,12 @@ impl Pipeline {
     /// Swaps the image decoder (e.g. TAESD for speed).
     pub fn set_decoder(&mut self, decoder: LoadedDecoder) {
         self.decoder = decoder;
+    }
+
+    /// Tells the pipeline the device's largest buffer in bytes (see
+    /// [`crate::ComputeDevice::max_buffer_bytes`]); `None` for no limit.
+    pub fn set_buffer_limit(&mut self, bytes: Option<u64>) {
+        self.buffer_limit = bytes;
     }
 
     /// The model's default image size: UNet `sample_size` x decoder upscale, as diffusers.
@@ -396,6 +424,19 @@ impl Pipeline {
                     format!("{v} pixels: must be a positive multiple of {f}"),
                 ));
             }
+        }
+        let decoder_bytes = self.decoder.largest_activation_bytes(height / f, width / f);
+        if let Some(limit) = self.buffer_limit
+            && decoder_bytes > limit
+        {
+            return Err(Error::Unsupported(format!(
+                "decoding {width}x{height} with this {} needs a {} MiB tensor, over this \
+                 device's {} MiB buffer limit (tiled decoding is not implemented yet): use a \
+                 smaller size, a TAESD decoder, or --device cpu",
+                self.decoder.class,
+                decoder_bytes >> 20,
+                limit >> 20
+            )));
         }
         let shape = vec![1, channels, height / f, width / f];
         let noise = match &request.noise {

@@ -189,6 +189,7 @@ fn load(args: &ModelArgs, hidden: bool, t: &mut Timings) -> Result<(Pipeline, Co
     );
     building.set_message(device.describe());
     let mut pipeline = Pipeline::from_files(files, &device.device)?;
+    pipeline.set_buffer_limit(device.max_buffer_bytes);
     if let Some(files) = decoder_files {
         pipeline.set_decoder(LoadedDecoder::from_files(files, None, &device.device)?);
     }

@@ -8,7 +8,7 @@ diffusers (float32, the same thread count) in this process, `tastebud bench` in 
 and reports peak resident memory of each.
 
     python tests/bench/generate_bench.py --tastebud $CARGO_TARGET_DIR/debug/tastebud \
-        [--devices cpu,gpu] [--size 512] [--runs 3] [--warmup 1] [--snapshot DIR]
+        [--devices cpu,gpu] [--size 512] [--runs 3] [--warmup 1] [--taesd] [--snapshot DIR]
 
 Prints a markdown table for BENCHMARKS.md.
 """
@@ -25,7 +25,8 @@ import time
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (AutoencoderKL, AutoencoderTiny, EulerDiscreteScheduler, StableDiffusionPipeline,
+                       UNet2DConditionModel)
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -66,8 +67,18 @@ def make_snapshot(folder):
     save_file(state, os.path.join(folder, "text_encoder", "model.safetensors"), metadata={"format": "pt"})
 
 
-def diffusers_run(folder, size, runs, warmup, prompt):
+def make_taesd(folder):
+    """TAESD's real architecture (diffusers AutoencoderTiny defaults: 64 channels), random weights."""
+    if os.path.exists(os.path.join(folder, "config.json")):
+        return
+    torch.manual_seed(0)
+    AutoencoderTiny().half().save_pretrained(folder, safe_serialization=True)
+
+
+def diffusers_run(folder, size, runs, warmup, prompt, taesd=None):
     pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    if taesd:
+        pipe.vae = AutoencoderTiny.from_pretrained(taesd, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     gen = torch.Generator().manual_seed(0)
 
@@ -102,21 +113,27 @@ def main():
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs first (Tastebud and diffusers)")
     ap.add_argument("--snapshot", default=os.path.expanduser("~/.cache/tastebud/sd-turbo-random"))
     ap.add_argument("--skip-diffusers", action="store_true")
+    ap.add_argument("--taesd", action="store_true",
+                    help="decode with TAESD's architecture (built in ~/.cache/tastebud/taesd-random) instead of the VAE")
     args = ap.parse_args()
     prompt = "a photo of a cat"
     make_snapshot(args.snapshot)
+    taesd = os.path.expanduser("~/.cache/tastebud/taesd-random") if args.taesd else None
+    if taesd:
+        make_taesd(taesd)
     threads = torch.get_num_threads()
     rows = []
     for device in args.devices.split(","):
         cmd = [args.tastebud, "bench", "--model", args.snapshot, "--device", device, "--width", str(args.size),
                "--height", str(args.size), "--runs", str(args.runs), "--warmup", str(args.warmup),
-               "--prompt", prompt]
+               "--prompt", prompt] + (["--decoder", taesd] if taesd else [])
         out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         rows.append((f"Tastebud ({out['device']})", out))
     if not args.skip_diffusers:
         rows.append((f"diffusers {diffusers.__version__}, torch {torch.__version__} ({threads} threads)",
-                     diffusers_run(args.snapshot, args.size, args.runs, args.warmup, prompt)))
-    print(f"SD-Turbo architecture, {args.size}x{args.size}, 1 step, f32 compute, median of {args.runs} "
+                     diffusers_run(args.snapshot, args.size, args.runs, args.warmup, prompt, taesd)))
+    decoder = "TAESD" if taesd else "VAE"
+    print(f"SD-Turbo architecture ({decoder} decoder), {args.size}x{args.size}, 1 step, f32 compute, median of {args.runs} "
           f"runs after {args.warmup} warm-up run(s); {platform.processor() or platform.machine()}, {os.cpu_count()} cores\n")
     print("| runtime | text (ms) | UNet step (ms) | VAE decode (ms) | total (ms) | peak RSS (MiB) | load (ms) |")
     print("|---|---|---|---|---|---|---|")

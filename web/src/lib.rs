@@ -181,7 +181,9 @@ impl Tastebud {
     pub fn load_pipeline(&mut self, origin: String) -> Result<(), JsError> {
         let mut files = std::mem::take(&mut self.pending);
         files.origin = origin;
-        self.pipeline = Some(Pipeline::from_files(files, &self.device.device).map_err(js)?);
+        let mut pipeline = Pipeline::from_files(files, &self.device.device).map_err(js)?;
+        pipeline.set_buffer_limit(self.device.max_buffer_bytes);
+        self.pipeline = Some(pipeline);
         Ok(())
     }
 
