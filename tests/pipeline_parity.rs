@@ -125,26 +125,58 @@ fn tiny_request() -> Request {
     }
 }
 
-/// Sizes whose decoder activations exceed the device's largest buffer are refused before any
-/// work, with the sizes named (lavapipe binds at most 128 MiB; SD's VAE at 512x512 holds a
-/// 256-channel 512x512 tensor of 256 MiB).
+/// On devices whose largest buffer cannot hold the VAE's biggest activation (lavapipe binds at
+/// most 128 MiB; SD's VAE at 512x512 holds a 256-channel 512x512 tensor of 256 MiB), the VAE
+/// decodes in bands of rows: the same image as the whole decode.
 #[test]
-fn decoder_activations_over_the_buffer_limit_are_refused() {
+fn banded_vae_decoding_equals_the_whole_decode() {
+    for device in devices() {
+        let mut pipeline =
+            Pipeline::from_files(snapshot_files("sd-turbo-tiny"), &device.device).unwrap();
+        let (h, w) = (7, 6);
+        let need = pipeline.decoder.largest_activation_bytes(h, w);
+        let values: Vec<f32> = (0..4 * h * w)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let latents = tensor(values, [1, 4, h, w], &device.device);
+        let whole = read(pipeline.decoder.decode(latents.clone(), None));
+        for limit in [need - 1, need / 3, 2 * need.div_ceil(h as u64)] {
+            let rows = pipeline.decoder.band_rows(h, w, Some(limit)).unwrap();
+            assert!(rows.is_some_and(|r| r < h), "limit {limit}: {rows:?}");
+            let banded = read(pipeline.decoder.decode(latents.clone(), Some(limit)));
+            assert_close(
+                &format!("bands of {rows:?} rows on {}", device_name(&device)),
+                &banded,
+                &whole,
+                1e-5,
+            );
+        }
+        // Too small even for one latent row per band: refused up front, sizes named.
+        pipeline.set_buffer_limit(Some(16));
+        let err = pipeline.prepare(&tiny_request()).unwrap_err().to_string();
+        assert!(
+            err.contains("buffer limit") && err.contains("32x32"),
+            "{err}"
+        );
+        // TAESD does not band: over the limit it is refused.
+        let taesd = LoadedDecoder::from_files(model_files("taesd"), None, &device.device).unwrap();
+        let need = taesd.largest_activation_bytes(4, 4);
+        pipeline.set_decoder(taesd);
+        pipeline.set_buffer_limit(Some(need - 1));
+        let err = pipeline.prepare(&tiny_request()).unwrap_err().to_string();
+        assert!(err.contains("AutoencoderTiny"), "{err}");
+        pipeline.set_buffer_limit(Some(need));
+        assert!(pipeline.prepare(&tiny_request()).is_ok());
+    }
+    // The real SD VAE (block_out_channels 128, 256, 512, 512) for a 64x64 latent.
     let mut pipeline =
         Pipeline::from_files(snapshot_files("sd-turbo-tiny"), &cpu().device).unwrap();
-    let need = pipeline.decoder.largest_activation_bytes(4, 4);
-    pipeline.set_buffer_limit(Some(need - 1));
-    let err = pipeline.prepare(&tiny_request()).unwrap_err().to_string();
-    assert!(
-        err.contains("buffer limit") && err.contains("32x32"),
-        "{err}"
-    );
-    pipeline.set_buffer_limit(Some(need));
-    assert!(pipeline.prepare(&tiny_request()).is_ok());
-
-    // The real SD VAE (block_out_channels 128, 256, 512, 512) for a 64x64 latent.
     pipeline.decoder.stage_channels = vec![512, 512, 256, 128];
     assert_eq!(pipeline.decoder.largest_activation_bytes(64, 64), 256 << 20);
+    assert_eq!(
+        pipeline.decoder.band_rows(64, 64, Some(128 << 20)).unwrap(),
+        Some(16)
+    );
 }
 
 #[test]

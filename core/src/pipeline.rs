@@ -206,12 +206,41 @@ impl LoadedDecoder {
             .unwrap_or(0)
     }
 
-    /// Final latents to an image in about [-1, 1].
-    pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
-        let latents = latents / self.scaling_factor;
+    /// Latent rows per band for decoding an `h x w` latent on a device whose largest buffer
+    /// is `limit` bytes: `None` when the whole decode fits. The VAE decodes in bands (half the
+    /// limit per band leaves room for halo rows and copies); TAESD does not band, and a size
+    /// that cannot fit is an error naming the sizes.
+    pub fn band_rows(&self, h: usize, w: usize, limit: Option<u64>) -> Result<Option<usize>> {
+        let need = self.largest_activation_bytes(h, w);
+        let Some(limit) = limit.filter(|&l| need > l) else {
+            return Ok(None);
+        };
+        let per_row = need.div_ceil(h.max(1) as u64);
+        let rows = (limit / 2 / per_row.max(1)) as usize;
         match &self.decoder {
-            Decoder::Kl(vae) => vae.decode(latents),
-            Decoder::Tiny(taesd) => taesd.decode(latents),
+            Decoder::Kl(_) if rows > 0 => Ok(Some(rows.min(h))),
+            _ => Err(Error::Unsupported(format!(
+                "decoding {}x{} with this {} needs a {} MiB tensor, over this device's {} MiB \
+                 buffer limit: use a smaller size, another decoder, or --device cpu",
+                w * self.upscale,
+                h * self.upscale,
+                self.class,
+                need >> 20,
+                limit >> 20
+            ))),
+        }
+    }
+
+    /// Final latents to an image in about [-1, 1], in bands when the device's largest buffer
+    /// (`limit`) cannot hold the whole decode.
+    pub fn decode(&self, latents: Tensor<4>, limit: Option<u64>) -> Tensor<4> {
+        let [_, _, h, w] = latents.dims();
+        let rows = self.band_rows(h, w, limit).ok().flatten();
+        let latents = latents / self.scaling_factor;
+        match (&self.decoder, rows) {
+            (Decoder::Kl(vae), Some(rows)) => vae.decode_banded(latents, rows),
+            (Decoder::Kl(vae), None) => vae.decode(latents),
+            (Decoder::Tiny(taesd), _) => taesd.decode(latents),
         }
     }
 }
@@ -425,19 +454,8 @@ impl Pipeline {
                 ));
             }
         }
-        let decoder_bytes = self.decoder.largest_activation_bytes(height / f, width / f);
-        if let Some(limit) = self.buffer_limit
-            && decoder_bytes > limit
-        {
-            return Err(Error::Unsupported(format!(
-                "decoding {width}x{height} with this {} needs a {} MiB tensor, over this \
-                 device's {} MiB buffer limit (tiled decoding is not implemented yet): use a \
-                 smaller size, a TAESD decoder, or --device cpu",
-                self.decoder.class,
-                decoder_bytes >> 20,
-                limit >> 20
-            )));
-        }
+        self.decoder
+            .band_rows(height / f, width / f, self.buffer_limit)?;
         let shape = vec![1, channels, height / f, width / f];
         let noise = match &request.noise {
             Some(n) if n.shape != shape => {
@@ -512,7 +530,7 @@ impl Pipeline {
 
     /// Decodes latents to an image in about [-1, 1].
     pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
-        self.decoder.decode(latents)
+        self.decoder.decode(latents, self.buffer_limit)
     }
 
     /// The whole job: prompt and noise (or seed) to an RGB image.

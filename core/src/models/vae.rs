@@ -257,6 +257,21 @@ impl AutoencoderKl {
     /// # Shapes
     /// - latents: `[batch, latent_channels, h, w]`; output `[batch, out_channels, h * 2^(blocks-1), ..]`
     pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
+        let mut x = self.decode_mid(latents);
+        let d = &self.decoder;
+        for block in &d.up_blocks {
+            for resnet in &block.resnets {
+                x = resnet.forward(x, None);
+            }
+            for up in &block.upsamplers {
+                x = up.conv.forward(upsample_nearest(x, 2));
+            }
+        }
+        d.conv_out.forward(silu(d.conv_norm_out.forward(x)))
+    }
+
+    /// post_quant_conv, conv_in and the mid block, at the latent resolution.
+    fn decode_mid(&self, latents: Tensor<4>) -> Tensor<4> {
         let z = match &self.post_quant_conv {
             Some(conv) => conv.forward(latents),
             None => latents,
@@ -268,15 +283,132 @@ impl AutoencoderKl {
         for attention in &mid.attentions {
             x = attention.forward(x);
         }
-        x = mid.resnets[1].forward(x, None);
+        mid.resnets[1].forward(x, None)
+    }
+
+    /// [`AutoencoderKl::decode`] with the up blocks run on bands of `rows` latent rows, so no
+    /// tensor holds the whole high-resolution activation (devices that bind at most 128 MiB
+    /// cannot hold SD's 256-channel 512x512 one). The same arithmetic: convolutions see one
+    /// halo row from each neighbour band and GroupNorm statistics are reduced over all bands.
+    pub fn decode_banded(&self, latents: Tensor<4>, rows: usize) -> Tensor<4> {
+        let d = &self.decoder;
+        let mut x = Bands::split(self.decode_mid(latents), rows.max(1));
         for block in &d.up_blocks {
             for resnet in &block.resnets {
-                x = resnet.forward(x, None);
+                x = x.resnet(resnet);
             }
             for up in &block.upsamplers {
-                x = up.conv.forward(upsample_nearest(x, 2));
+                x = x.map(|t| upsample_nearest(t, 2)).conv3(&up.conv);
             }
         }
-        d.conv_out.forward(silu(d.conv_norm_out.forward(x)))
+        x.group_norm(&d.conv_norm_out)
+            .map(silu)
+            .conv3(&d.conv_out)
+            .join()
+    }
+}
+
+/// An activation held as bands of rows (dimension 2), top to bottom.
+struct Bands(Vec<Tensor<4>>);
+
+impl Bands {
+    fn split(x: Tensor<4>, rows: usize) -> Self {
+        let h = x.dims()[2];
+        Self(
+            (0..h)
+                .step_by(rows)
+                .map(|r| x.clone().narrow(2, r, rows.min(h - r)))
+                .collect(),
+        )
+    }
+
+    fn join(self) -> Tensor<4> {
+        Tensor::cat(self.0, 2)
+    }
+
+    fn map(self, f: impl Fn(Tensor<4>) -> Tensor<4>) -> Self {
+        Self(self.0.into_iter().map(f).collect())
+    }
+
+    /// A 3x3, padding-1 convolution: each band is extended by its neighbours' edge rows, and
+    /// the rows computed from those (and from the zero padding above/below them) are dropped.
+    fn conv3(&self, conv: &Conv2d) -> Self {
+        let n = self.0.len();
+        Self(
+            (0..n)
+                .map(|i| {
+                    let band = self.0[i].clone();
+                    let rows = band.dims()[2];
+                    let mut parts = vec![];
+                    if i > 0 {
+                        let above = self.0[i - 1].clone();
+                        let h = above.dims()[2];
+                        parts.push(above.narrow(2, h - 1, 1));
+                    }
+                    parts.push(band);
+                    if i + 1 < n {
+                        parts.push(self.0[i + 1].clone().narrow(2, 0, 1));
+                    }
+                    conv.forward(Tensor::cat(parts, 2))
+                        .narrow(2, usize::from(i > 0), rows)
+                })
+                .collect(),
+        )
+    }
+
+    /// GroupNorm with its mean and variance taken over every band (two passes, as burn's).
+    fn group_norm(&self, norm: &GroupNorm) -> Self {
+        let groups = norm.num_groups;
+        let grouped = |t: &Tensor<4>| {
+            let [b, c, h, w] = t.dims();
+            t.clone().reshape([b, groups, c / groups * h * w])
+        };
+        let count: usize = self
+            .0
+            .iter()
+            .map(|t| t.dims()[1] / groups * t.dims()[2] * t.dims()[3])
+            .sum();
+        let sum = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
+            self.0
+                .iter()
+                .map(|t| f(grouped(t)).sum_dim(2))
+                .reduce(|a, b| a + b)
+        };
+        let (Some(total), true) = (sum(&|t| t), count > 0) else {
+            return Self(vec![]);
+        };
+        let mean = total / count as f64;
+        let var = sum(&|t| (t - mean.clone()).square()).map(|v| v / count as f64);
+        let Some(var) = var else {
+            return Self(vec![]);
+        };
+        let inv = var.add_scalar(norm.epsilon).sqrt().recip();
+        let c = norm.num_channels;
+        Self(
+            self.0
+                .iter()
+                .map(|t| {
+                    let y = (grouped(t) - mean.clone()) * inv.clone();
+                    let y = y.reshape(t.dims());
+                    match (&norm.gamma, &norm.beta) {
+                        (Some(g), Some(b)) => {
+                            y * g.val().reshape([1, c, 1, 1]) + b.val().reshape([1, c, 1, 1])
+                        }
+                        _ => y,
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// diffusers' `ResnetBlock2D` without time embedding (the VAE's), band by band.
+    fn resnet(self, r: &ResnetBlock) -> Self {
+        let h = self.group_norm(&r.norm1).map(silu).conv3(&r.conv1);
+        let h = h.group_norm(&r.norm2).map(silu).conv3(&r.conv2);
+        let skip = match &r.conv_shortcut {
+            Some(conv) => self.map(|t| conv.forward(t)),
+            None => self,
+        };
+        Self(skip.0.into_iter().zip(h.0).map(|(a, b)| a + b).collect())
     }
 }
