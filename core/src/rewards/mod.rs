@@ -175,7 +175,8 @@ pub struct ImageScores {
 /// Several rewards with weights; the text side of each is computed once per prompt.
 pub struct RewardSet {
     terms: Vec<RewardTerm>,
-    prompt: Option<(String, Vec<Option<Tensor<2>>>)>,
+    /// The encoded prompt, keyed by its text and truncation choice.
+    prompt: Option<((String, bool), Vec<Option<Tensor<2>>>)>,
 }
 
 impl RewardSet {
@@ -212,7 +213,8 @@ impl RewardSet {
 
     /// Encodes the prompt for every reward that reads one, unless it is the cached one.
     pub fn set_prompt(&mut self, prompt: &str, truncate: bool) -> Result<()> {
-        if self.prompt.as_ref().is_some_and(|(p, _)| p == prompt) {
+        let key = (prompt.to_string(), truncate);
+        if self.prompt.as_ref().is_some_and(|(k, _)| *k == key) {
             return Ok(());
         }
         let encoded = self
@@ -220,7 +222,7 @@ impl RewardSet {
             .iter()
             .map(|t| t.reward.encode_prompt(prompt, truncate))
             .collect::<Result<Vec<_>>>()?;
-        self.prompt = Some((prompt.to_string(), encoded));
+        self.prompt = Some((key, encoded));
         Ok(())
     }
 
