@@ -298,6 +298,9 @@ fn bad_images_and_prompts_are_errors() {
     // The cached text side is keyed by the truncation choice too.
     let long = "a ".repeat(100);
     assert!(set.set_prompt(&long, true).is_ok());
-    let msg = set.set_prompt(&long, false).expect_err("overlong").to_string();
+    let msg = set
+        .set_prompt(&long, false)
+        .expect_err("overlong")
+        .to_string();
     assert!(msg.contains("tokens"), "{msg}");
 }
