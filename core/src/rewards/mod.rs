@@ -172,11 +172,17 @@ pub struct ImageScores {
     pub loss: f32,
 }
 
+/// A prompt's text side for every term, with what it was computed from.
+struct EncodedPrompt {
+    prompt: String,
+    truncate: bool,
+    per_term: Vec<Option<Tensor<2>>>,
+}
+
 /// Several rewards with weights; the text side of each is computed once per prompt.
 pub struct RewardSet {
     terms: Vec<RewardTerm>,
-    /// The encoded prompt, keyed by its text and truncation choice.
-    prompt: Option<((String, bool), Vec<Option<Tensor<2>>>)>,
+    prompt: Option<EncodedPrompt>,
 }
 
 impl RewardSet {
@@ -213,8 +219,11 @@ impl RewardSet {
 
     /// Encodes the prompt for every reward that reads one, unless it is the cached one.
     pub fn set_prompt(&mut self, prompt: &str, truncate: bool) -> Result<()> {
-        let key = (prompt.to_string(), truncate);
-        if self.prompt.as_ref().is_some_and(|(k, _)| *k == key) {
+        if self
+            .prompt
+            .as_ref()
+            .is_some_and(|e| e.prompt == prompt && e.truncate == truncate)
+        {
             return Ok(());
         }
         let encoded = self
@@ -222,14 +231,18 @@ impl RewardSet {
             .iter()
             .map(|t| t.reward.encode_prompt(prompt, truncate))
             .collect::<Result<Vec<_>>>()?;
-        self.prompt = Some((key, encoded));
+        self.prompt = Some(EncodedPrompt {
+            prompt: prompt.to_string(),
+            truncate,
+            per_term: encoded,
+        });
         Ok(())
     }
 
     fn encoded(&self) -> Result<&[Option<Tensor<2>>]> {
         self.prompt
             .as_ref()
-            .map(|(_, e)| e.as_slice())
+            .map(|e| e.per_term.as_slice())
             .ok_or_else(|| Error::argument("prompt", "set a prompt before scoring"))
     }
 
