@@ -53,6 +53,25 @@ pub fn from_safetensors(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, Raw
         .collect())
 }
 
+/// The tensors of a weight file in either form: a `torch.save` archive or safetensors.
+pub fn read_tensors(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, RawTensor>> {
+    if is_torch_zip(bytes) {
+        read_checkpoint(file, bytes)
+    } else {
+        from_safetensors(file, bytes)
+    }
+}
+
+/// A weight file as safetensors bytes: a `torch.save` archive is converted, anything else is
+/// passed through (and validated by the loader).
+pub fn into_safetensors(file: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    if is_torch_zip(&bytes) {
+        to_safetensors(file, &read_checkpoint(file, &bytes)?)
+    } else {
+        Ok(bytes)
+    }
+}
+
 /// True when `bytes` look like a zip archive (a `torch.save` file) rather than safetensors.
 pub fn is_torch_zip(bytes: &[u8]) -> bool {
     bytes.starts_with(b"PK\x03\x04")

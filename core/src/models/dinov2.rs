@@ -258,11 +258,8 @@ impl Dinov2Model {
         config.validate(&files.label("config.json"))?;
         let name = files.first_of(DINOV2_WEIGHTS)?;
         let file = files.label(name);
-        let mut bytes = files.take(name).unwrap_or_default();
-        if crate::torch_pickle::is_torch_zip(&bytes) {
-            let tensors = crate::torch_pickle::read_checkpoint(&file, &bytes)?;
-            bytes = crate::torch_pickle::to_safetensors(&file, &tensors)?;
-        }
+        let bytes =
+            crate::torch_pickle::into_safetensors(&file, files.take(name).unwrap_or_default())?;
         // transformers saves the bare model's keys with or without the `dinov2.` prefix of
         // its task heads; only the bare model is used.
         let model = weights::load_remapped(

@@ -40,11 +40,7 @@ impl AestheticHead {
     /// Reads the head from a `.pth` state dict or safetensors, checking that its layers chain
     /// from `input` features down to one score.
     pub fn from_bytes(file: &str, bytes: &[u8], input: usize, device: &Device) -> Result<Self> {
-        let tensors = if torch_pickle::is_torch_zip(bytes) {
-            torch_pickle::read_checkpoint(file, bytes)?
-        } else {
-            torch_pickle::from_safetensors(file, bytes)?
-        };
+        let tensors = torch_pickle::read_tensors(file, bytes)?;
         let mut renamed = BTreeMap::new();
         let mut layers = Vec::new();
         let mut width = input;

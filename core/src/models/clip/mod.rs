@@ -126,13 +126,10 @@ impl Clip {
         }
         let weights_name = files.first_of(CLIP_WEIGHTS)?;
         let weights_file = files.label(weights_name);
-        let mut bytes = files.take(weights_name).unwrap_or_default();
-        if torch_pickle::is_torch_zip(&bytes) {
-            bytes = torch_pickle::to_safetensors(
-                &weights_file,
-                &torch_pickle::read_checkpoint(&weights_file, &bytes)?,
-            )?;
-        }
+        let bytes = torch_pickle::into_safetensors(
+            &weights_file,
+            files.take(weights_name).unwrap_or_default(),
+        )?;
         let logit_scale = weights::read_scalar(&weights_file, &bytes, "logit_scale")?
             .unwrap_or(config.logit_scale_init_value);
         let model = ClipModel::new(&config, &config_file, device)?;

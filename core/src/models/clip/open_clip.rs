@@ -152,15 +152,6 @@ impl OpenClipArch {
     }
 }
 
-/// Reads an OpenCLIP checkpoint (`.pt`/`.bin` zip or safetensors) into tensors.
-pub fn read_tensors(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, RawTensor>> {
-    if torch_pickle::is_torch_zip(bytes) {
-        torch_pickle::read_checkpoint(file, bytes)
-    } else {
-        torch_pickle::from_safetensors(file, bytes)
-    }
-}
-
 /// Turns an OpenCLIP checkpoint plus tokenizer files into a transformers CLIP folder:
 /// `config.json`, `preprocessor_config.json` and `model.safetensors` are written into `files`
 /// (which keeps its tokenizer files). `arch` is used when there is no `open_clip_config.json`.
@@ -181,7 +172,7 @@ pub fn to_transformers_files(
         folder: files.origin.clone(),
         wanted: weights_name.to_string(),
     })?;
-    let tensors = read_tensors(&weights_file, &bytes)?;
+    let tensors = torch_pickle::read_tensors(&weights_file, &bytes)?;
     drop(bytes);
     let tensors = strip_prefix(tensors, "module.");
     let config = transformers_config(&weights_file, &tensors, &arch)?;
