@@ -128,6 +128,44 @@ fn score_combines_rewards_from_their_published_files() {
     }
 }
 
+/// ImageReward from its folder (ImageReward.pt, med_config.json, vocab.txt) at ReNO's default
+/// weight 1: loss = 2 - score.
+#[test]
+fn score_imagereward_from_its_published_files() {
+    let out = tastebud(&[
+        "score",
+        "--reward",
+        &format!("imagereward={}", fixture("rewards/imagereward-tiny")),
+        "--prompt",
+        "a photo of a cat",
+        "--device",
+        "cpu",
+        "--json",
+        &fixture("image0.png"),
+        &fixture("image1.png"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = json["scores"].as_array().unwrap();
+    let got: Vec<f32> = rows
+        .iter()
+        .map(|s| s["rewards"]["imagereward"].as_f64().unwrap() as f32)
+        .collect();
+    let (want, _) = reference_tensor_in(
+        "rewards/imagereward-tiny/reference.safetensors",
+        "imagereward.file_scores",
+    );
+    assert_close("imagereward file scores", &got, &want, 1e-4);
+    for (row, w) in rows.iter().zip(&want) {
+        let loss = row["loss"].as_f64().unwrap() as f32;
+        assert!(
+            (loss - (2.0 - w)).abs() < 1e-4,
+            "loss {loss} vs {}",
+            2.0 - w
+        );
+    }
+}
+
 /// DINOv2 similarity: reference images are extra paths of the reward.
 #[test]
 fn score_dino_takes_reference_images_as_paths() {

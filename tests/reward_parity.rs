@@ -5,15 +5,22 @@
 mod common;
 
 use common::*;
+use tastebud_core::ModelFiles;
 use tastebud_core::preprocess::decode_rgb;
 use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
 use tastebud_core::torch_pickle;
-use tastebud_core::{Error, ModelFiles};
 
 const REFERENCE: &str = "rewards/reference.safetensors";
+/// ImageReward's fixtures come from image-reward 1.5 in its own environment
+/// (tests/reference/make_imagereward_fixtures.py).
+const IMAGE_REWARD: &str = "rewards/imagereward-tiny";
 const PROMPT: &str = "a photo of a cat";
 
 fn reference(name: &str) -> Vec<f32> {
+    if name.starts_with("imagereward.") {
+        let file = format!("{IMAGE_REWARD}/reference.safetensors");
+        return reference_tensor_in(&file, name).0;
+    }
     reference_tensor_in(REFERENCE, name).0
 }
 
@@ -46,6 +53,7 @@ fn files_for(name: &str) -> (RewardKind, ModelFiles) {
             files.insert("image1.png", bytes);
             (RewardKind::Dino, files)
         }
+        "imagereward" => (RewardKind::ImageReward, model_files(IMAGE_REWARD)),
         other => panic!("no fixture for {other}"),
     }
 }
@@ -155,6 +163,42 @@ fn aesthetic_from_its_pth_matches_the_laion_mlp() {
 fn dino_similarity_matches_transformers() {
     check_scores("dino");
     check_gradient("dino");
+}
+
+/// BLIP ViT + BERT with cross-attention + MLP, from `ImageReward.pt`, against image-reward 1.5
+/// (files through its own PIL preprocessing).
+#[test]
+fn imagereward_from_its_pt_matches_image_reward() {
+    check_scores("imagereward");
+    check_gradient("imagereward");
+}
+
+/// Token ids against BLIP's `BertTokenizer` (+ `[DEC]`, `[ENC]`): accents, case, CJK, emoji,
+/// punctuation, special tokens written in the prompt, unknown words, truncation to 35.
+#[test]
+fn imagereward_tokenizer_matches_blips() {
+    let files = model_files(IMAGE_REWARD);
+    let tok = tastebud_core::bert_tokenizer::BertTokenizer::from_files(&files).expect("vocab");
+    let json = std::fs::read(fixtures().join(IMAGE_REWARD).join("reference.json")).expect("json");
+    let json: serde_json::Value = serde_json::from_slice(&json).expect("parses");
+    let cases = json["tokens"].as_array().expect("token cases");
+    assert!(cases.len() >= 8);
+    for case in cases {
+        let text = case["text"].as_str().expect("text");
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_u64().expect("id") as u32)
+            .filter(|&id| id != 0)
+            .collect();
+        let got = tok.encode(text, 35, true).expect("encodes");
+        assert_eq!(got, want, "{text:?}");
+        if want.len() == 35 {
+            assert!(tok.encode(text, 35, false).is_err(), "{text:?} is overlong");
+        }
+    }
+    assert!(tok.encode(" \t", 35, true).is_err());
 }
 
 #[test]
@@ -279,10 +323,52 @@ fn wrong_or_incomplete_reward_files_are_named() {
         .to_string();
     assert!(msg.contains("reference images"), "{msg}");
 
-    assert!(matches!(
-        load(RewardKind::ImageReward, ModelFiles::new("x")),
-        Err(Error::Unsupported(_))
-    ));
+    // ImageReward: each of its three files named when missing; a config it cannot run refused
+    // by field; a vocabulary too big for the model; a checkpoint of another reward.
+    for (missing, named) in [
+        ("vocab.txt", "vocab.txt"),
+        ("med_config.json", "med_config.json"),
+        ("ImageReward.pt", "ImageReward.pt"),
+    ] {
+        let mut files = model_files(IMAGE_REWARD);
+        files.take(missing);
+        let msg = load(RewardKind::ImageReward, files)
+            .expect_err("incomplete")
+            .to_string();
+        assert!(msg.contains(named), "{missing}: {msg}");
+    }
+    let mut files = model_files(IMAGE_REWARD);
+    files.insert(
+        "med_config.json",
+        br#"{"hidden_size": 32, "num_attention_heads": 4, "add_cross_attention": true,
+             "position_embedding_type": "relative_key"}"#
+            .to_vec(),
+    );
+    let msg = load(RewardKind::ImageReward, files)
+        .expect_err("relative positions")
+        .to_string();
+    assert!(msg.contains("relative_key"), "{msg}");
+    let mut files = model_files(IMAGE_REWARD);
+    let mut vocab = files.take("vocab.txt").expect("vocab");
+    vocab.extend(b"extra\n");
+    files.insert("vocab.txt", vocab);
+    let msg = load(RewardKind::ImageReward, files)
+        .expect_err("vocabulary too big")
+        .to_string();
+    assert!(msg.contains("vocab_size"), "{msg}");
+    let mut files = model_files(IMAGE_REWARD);
+    files.insert(
+        "ImageReward.pt",
+        std::fs::read(fixtures().join("rewards/open-clip-tiny/HPS_v2.1_compressed.pt"))
+            .expect("fixture"),
+    );
+    let msg = load(RewardKind::ImageReward, files)
+        .expect_err("wrong kind")
+        .to_string();
+    assert!(
+        msg.contains("blip.visual_encoder.patch_embed.proj.weight"),
+        "{msg}"
+    );
     assert!(RewardKind::parse("nope").is_err());
     assert_eq!(RewardKind::parse("HPSv2.1").ok(), Some(RewardKind::Hps));
 }

@@ -1,6 +1,7 @@
 //! Tastebud core: models, rewards, loading and devices. No filesystem, no threads, no
 //! blocking readback and no printing, so the same code runs natively and on wasm32.
 
+pub mod bert_tokenizer;
 pub mod device;
 pub mod error;
 pub mod files;

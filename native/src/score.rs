@@ -12,7 +12,8 @@ use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
 
 #[derive(Args)]
 pub struct ScoreArgs {
-    /// A reward: NAME=PATH[,PATH...][:WEIGHT]. NAME is clip, pickscore, hps, aesthetic or dino;
+    /// A reward: NAME=PATH[,PATH...][:WEIGHT]. NAME is clip, pickscore, hps, aesthetic,
+    /// imagereward or dino;
     /// PATH a model folder or a file (a weight file's folder supplies config and tokenizer
     /// files); several paths are merged (aesthetic=head.pth,clip-vit-large-patch14;
     /// dino=dinov2-small,ref1.png,ref2.png gives DINOv2 its reference images). WEIGHT defaults

@@ -1,7 +1,7 @@
-// Two rewards in headless Chromium through the JS package: CLIPScore from a transformers folder
-// and HPSv2 from its published .pt, scored together on WebGPU (SwiftShader) and on the CPU
-// fallback; each equals the native CLI and the Python references
-// (tests/reference/make_reward_fixtures.py).
+// Rewards in headless Chromium through the JS package: CLIPScore from a transformers folder,
+// HPSv2 from its published .pt and ImageReward from its ImageReward.pt folder, scored together
+// on WebGPU (SwiftShader) and on the CPU fallback; each equals the native CLI and the Python
+// references (tests/reference/make_reward_fixtures.py, make_imagereward_fixtures.py).
 //
 // Needs: web/pkg (web/build.sh), the native binary in $TASTEBUD_BIN, /usr/bin/chromium.
 import { test } from 'node:test';
@@ -13,10 +13,12 @@ import { assertClose, fixtures, referenceTensor, blankPage, useBrowser } from '.
 const tastebud = process.env.TASTEBUD_BIN;
 const PROMPT = 'a photo of a cat';
 const IMAGES = ['image0.png', 'image1.png'];
-// Reward kind, fixture folder, files not to fetch (the .pt is what HPSv2 publishes), weight.
+// Reward kind, fixture folder, files not to fetch (the .pt is what HPSv2 publishes), weight,
+// the Python reference's file.
 const REWARDS = [
-  ['clip', 'clip-openai', [], 0.01],
-  ['hps', 'rewards/open-clip-tiny', ['open_clip_model.safetensors'], 5.0],
+  ['clip', 'clip-openai', [], 0.01, 'rewards/reference.safetensors'],
+  ['hps', 'rewards/open-clip-tiny', ['open_clip_model.safetensors'], 5.0, 'rewards/reference.safetensors'],
+  ['imagereward', 'rewards/imagereward-tiny', [], 1.0, 'rewards/imagereward-tiny/reference.safetensors'],
 ];
 
 const ctx = useBrowser({ needsCli: true });
@@ -61,16 +63,16 @@ function native() {
 }
 
 for (const [device, backend] of [['gpu', 'wgpu'], ['cpu', 'flex']]) {
-  test(`CLIPScore + HPSv2 in the browser on ${device} match native and the Python references`, async () => {
+  test(`CLIPScore + HPSv2 + ImageReward in the browser on ${device} match native and the Python references`, async () => {
     const got = await scoreInBrowser(device);
     assert.ok(got.device.startsWith(backend), `ran on ${got.device}, wanted ${backend}`);
-    assert.deepEqual(got.labels, ['clip', 'hps']);
+    assert.deepEqual(got.labels, REWARDS.map(([kind]) => kind));
     const cli = native();
     for (const [i, image] of IMAGES.entries()) {
       const s = got.scores[i];
-      for (const [r, [kind]] of REWARDS.entries()) {
+      for (const [r, [kind, , , , reference]] of REWARDS.entries()) {
         assertClose(s.rewards[r], cli.scores[i].rewards[kind], `${device} ${kind} ${image} vs native`);
-        assertClose(s.rewards[r], referenceTensor('rewards/reference.safetensors', `${kind}.file_scores`)[i], `${device} ${kind} ${image} vs Python`);
+        assertClose(s.rewards[r], referenceTensor(reference, `${kind}.file_scores`)[i], `${device} ${kind} ${image} vs Python`);
       }
       assertClose(s.loss, cli.scores[i].loss, `${device} loss ${image} vs native`);
       assertClose(s.weighted_total, cli.scores[i].weighted_total, `${device} total ${image} vs native`);

@@ -1,5 +1,7 @@
 //! Model architectures, one folder (or file) per model family, and the layers they share.
 
+pub mod bert;
+pub mod blip_vit;
 pub mod clip;
 pub mod dinov2;
 pub(crate) mod layers;

@@ -37,12 +37,26 @@ pub struct AestheticHead {
 }
 
 impl AestheticHead {
+    /// Linears from `input` features through `widths` (the last one the score's 1).
+    pub fn new(input: usize, widths: &[usize], device: &Device) -> Self {
+        let mut width = input;
+        let layers = widths
+            .iter()
+            .map(|&out| {
+                let layer = LinearConfig::new(width, out).init(device);
+                width = out;
+                layer
+            })
+            .collect();
+        Self { layers }
+    }
+
     /// Reads the head from a `.pth` state dict or safetensors, checking that its layers chain
     /// from `input` features down to one score.
     pub fn from_bytes(file: &str, bytes: &[u8], input: usize, device: &Device) -> Result<Self> {
         let tensors = torch_pickle::read_tensors(file, bytes)?;
         let mut renamed = BTreeMap::new();
-        let mut layers = Vec::new();
+        let mut widths = Vec::new();
         let mut width = input;
         for (i, index) in SEQUENTIAL_INDICES.iter().enumerate() {
             let take = |part: &str| -> Result<&RawTensor> {
@@ -67,7 +81,7 @@ impl AestheticHead {
             }
             renamed.insert(format!("layers.{i}.weight"), weight.clone());
             renamed.insert(format!("layers.{i}.bias"), bias.clone());
-            layers.push(LinearConfig::new(width, out).init(device));
+            widths.push(out);
             width = out;
         }
         let used: Vec<String> = SEQUENTIAL_INDICES
@@ -86,7 +100,7 @@ impl AestheticHead {
             });
         }
         let bytes = torch_pickle::to_safetensors(file, &renamed)?;
-        weights::load_into(Self { layers }, file, bytes, &[]).map(Module::no_grad)
+        weights::load_into(Self::new(input, &widths, device), file, bytes, &[]).map(Module::no_grad)
     }
 
     /// `[batch, input] -> [batch]`.

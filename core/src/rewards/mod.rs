@@ -9,6 +9,7 @@
 pub mod aesthetic;
 pub mod clip_reward;
 pub mod dino;
+pub mod image_reward;
 
 use burn::tensor::{Device, Tensor};
 use image::RgbImage;
@@ -30,7 +31,7 @@ pub enum RewardKind {
     Hps,
     /// LAION aesthetic predictor v2: an MLP over the unit CLIP ViT-L/14 image embedding.
     Aesthetic,
-    /// ImageReward v1.0 (BLIP + BERT): not implemented yet.
+    /// ImageReward v1.0: BLIP's image-grounded BERT and an MLP, normalised.
     ImageReward,
     /// DINOv2 similarity: mean cosine of class features to reference images.
     Dino,
@@ -125,6 +126,7 @@ pub fn files_wanted(kind: RewardKind) -> Vec<&'static str> {
     match kind {
         RewardKind::Aesthetic => aesthetic::files_wanted(),
         RewardKind::Dino => dino::files_wanted(),
+        RewardKind::ImageReward => image_reward::files_wanted(),
         _ => clip_reward::files_wanted(),
     }
 }
@@ -139,10 +141,9 @@ pub fn load(kind: RewardKind, files: ModelFiles, device: &Device) -> Result<Box<
             files, device,
         )?)),
         RewardKind::Dino => Ok(Box::new(dino::DinoReward::from_files(files, device)?)),
-        RewardKind::ImageReward => Err(Error::Unsupported(format!(
-            "the {} reward is not implemented yet",
-            kind.name()
-        ))),
+        RewardKind::ImageReward => Ok(Box::new(image_reward::ImageReward::from_files(
+            files, device,
+        )?)),
     }
 }
 
