@@ -527,3 +527,103 @@ fn generate_refuses_bad_input_by_name() {
         stderr(&out)
     );
 }
+
+/// `optimize` runs the reference ReNO loop of tests/reference/make_reno_fixtures.py: the same
+/// per-iteration CLIP scores and best noise; the PNG is what `generate` makes from that noise.
+#[test]
+fn optimize_follows_the_reference_loop_and_saves_its_best() {
+    let noise_path = temp_png("reno-best.npy");
+    let out_path = temp_png("reno-best.png");
+    let reference = fixture("reno/reference.safetensors");
+    let clip = format!("clip={}:0.1", fixture("clip-openai"));
+    let aesthetic = format!(
+        "aesthetic={},{}:1.0",
+        fixture("rewards/aesthetic-head/sac+logos+ava1-l14-linearMSE.pth"),
+        fixture("clip-openai")
+    );
+    let out = tastebud(&[
+        "optimize",
+        "--model",
+        &fixture("sd-turbo-tiny"),
+        "--prompt",
+        "a photo of a cat",
+        "--reward",
+        &clip,
+        "--reward",
+        &aesthetic,
+        "--noise",
+        &reference,
+        "--iters",
+        "10",
+        "--grad-clip",
+        "0.025",
+        "--device",
+        "cpu",
+        "--json",
+        "--out",
+        &out_path.display().to_string(),
+        "--save-noise",
+        &noise_path.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let clip_scores: Vec<f32> = json["iterations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|it| it["rewards"][0].as_f64().unwrap() as f32)
+        .collect();
+    let (want, _) = reference_tensor_in("reno/reference.safetensors", "sgd.clip");
+    assert_close("optimize clip trajectory", &clip_scores, &want, 1e-3);
+    assert_eq!(json["best_iteration"], 9);
+    assert_eq!(json["labels"], serde_json::json!(["clip", "aesthetic"]));
+
+    let saved = std::fs::read(&noise_path).unwrap();
+    let saved = tastebud_core::noise::Noise::from_bytes("best.npy", &saved).unwrap();
+    assert_eq!(saved.shape, vec![1, 4, 6, 5]);
+    let (best, _) = reference_tensor_in("reno/reference.safetensors", "sgd.best_noise");
+    assert_close("saved best noise", &saved.values, &best, 1e-3);
+
+    let regenerated = temp_png("reno-regenerated.png");
+    let out = tastebud(&[
+        "generate",
+        "--model",
+        &fixture("sd-turbo-tiny"),
+        "--prompt",
+        "a photo of a cat",
+        "--noise",
+        &noise_path.display().to_string(),
+        "--device",
+        "cpu",
+        "--out",
+        &regenerated.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let a = image::open(&out_path).unwrap().to_rgb8().into_raw();
+    let b = image::open(&regenerated).unwrap().to_rgb8().into_raw();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn optimize_refuses_what_it_cannot_do() {
+    let out_path = temp_png("refused.png").display().to_string();
+    let model = fixture("sd-turbo-tiny");
+    let clip = format!("clip={}", fixture("clip-openai"));
+    let run = |reward: &str, extra: &[&str]| {
+        let mut args = vec![
+            "optimize", "--model", &model, "--prompt", "a cat", "--reward", reward, "--device",
+            "cpu", "--out", &out_path,
+        ];
+        args.extend_from_slice(extra);
+        let out = tastebud(&args);
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        stderr(&out)
+    };
+    assert!(run(&clip, &["--method", "best-of-n"]).contains("not implemented yet"));
+    assert!(run(&clip, &["--iters", "0"]).contains("iterations"));
+    assert!(run(&clip, &["--lr=-1"]).contains("lr"));
+    assert!(run(&clip, &["--width", "44"]).contains("multiple of 8"));
+    assert!(run(&clip, &["--save-noise", "x.txt"]).contains(".npy"));
+    let zero = format!("clip={}:0", fixture("clip-openai"));
+    assert!(run(&zero, &[]).contains("every reward weight is 0"));
+}

@@ -9,6 +9,7 @@ pub mod models;
 pub mod noise;
 pub mod pipeline;
 pub mod preprocess;
+pub mod reno;
 pub mod rewards;
 pub mod scheduler;
 pub mod tokenizer;

@@ -94,6 +94,29 @@ impl Noise {
     }
 }
 
+impl Noise {
+    /// NumPy `.npy` (format 1.0, little-endian f32, C order): what `np.load` and `--noise` read.
+    pub fn to_npy(&self) -> Vec<u8> {
+        let dims: Vec<String> = self.shape.iter().map(usize::to_string).collect();
+        let shape = match dims.len() {
+            1 => format!("({},)", dims[0]),
+            _ => format!("({})", dims.join(", ")),
+        };
+        let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+        // Magic (6) + version (2) + length (2) + header, padded with spaces to 64 bytes, '\n'.
+        let unpadded = 10 + header.len() + 1;
+        header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((header.len() as u16).to_le_bytes());
+        out.extend(header.as_bytes());
+        for v in &self.values {
+            out.extend(v.to_le_bytes());
+        }
+        out
+    }
+}
+
 fn read_npy(file: &str, bytes: &[u8]) -> Result<Noise> {
     let bad = |reason: String| Error::argument(file, format!("not a readable .npy file: {reason}"));
     let version = *bytes.get(6).ok_or_else(|| bad("truncated".into()))?;

@@ -489,7 +489,6 @@ impl Pipeline {
         seed: u64,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor<4>> {
-        let scheduler = EulerScheduler::new(&self.scheduler, steps, &self.scheduler_file)?;
         let shape: [usize; 4] = match noise.shape.as_slice() {
             &[b, c, h, w] => [b, c, h, w],
             other => {
@@ -499,9 +498,26 @@ impl Pipeline {
                 ));
             }
         };
+        let unit =
+            Tensor::<4>::from_data(TensorData::new(noise.values.clone(), shape), &self.device);
+        self.denoise_tensor(conditioning, unit, steps, seed, on_step)
+    }
+
+    /// [`Pipeline::denoise`] from unit noise already on the device: on an autodiff device with
+    /// `require_grad`, gradients flow back to it (ReNO).
+    pub fn denoise_tensor(
+        &self,
+        conditioning: &Conditioning,
+        unit: Tensor<4>,
+        steps: usize,
+        seed: u64,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor<4>> {
+        let scheduler = EulerScheduler::new(&self.scheduler, steps, &self.scheduler_file)?;
+        let shape = unit.dims();
         let upload =
             |values: Vec<f32>| Tensor::<4>::from_data(TensorData::new(values, shape), &self.device);
-        let mut latents = upload(noise.values.clone()) * scheduler.init_noise_sigma;
+        let mut latents = unit * scheduler.init_noise_sigma;
         let (height, width) = (
             (shape[2] * self.decoder.upscale) as f32,
             (shape[3] * self.decoder.upscale) as f32,
@@ -531,6 +547,11 @@ impl Pipeline {
     /// Decodes latents to an image in about [-1, 1].
     pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
         self.decoder.decode(latents, self.buffer_limit)
+    }
+
+    /// The device the pipeline's weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The whole job: prompt and noise (or seed) to an RGB image.

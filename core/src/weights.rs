@@ -201,7 +201,9 @@ pub fn load_remapped<M: Module + ModuleSnapshot>(
             tensors: unused,
         });
     }
-    Ok(module)
+    // Loaded weights are frozen: on an autodiff device a backward pass computes only the
+    // gradients of inputs (ReNO's noise, a reward's image), never of billions of weights.
+    Ok(module.no_grad())
 }
 
 /// burn names norm parameters `gamma`/`beta`; the files (and users) say `weight`/`bias`.

@@ -21,13 +21,64 @@ use crate::open_device;
 pub struct ModelArgs {
     /// A diffusers snapshot folder (model_index.json, unet/, vae/, text_encoder/, ...).
     #[arg(long)]
-    model: PathBuf,
+    pub model: PathBuf,
     /// Another image decoder folder to use instead of the snapshot's VAE (e.g. TAESD).
     #[arg(long)]
-    decoder: Option<PathBuf>,
+    pub decoder: Option<PathBuf>,
     /// Where to run: auto (a hardware GPU, else CPU), gpu (any wgpu adapter) or cpu.
     #[arg(long, default_value = "auto")]
     device: String,
+}
+
+/// Where generation starts: noise, steps and size.
+#[derive(Args)]
+pub struct NoiseArgs {
+    /// Seed for the initial noise (the same seed gives the same image on every device).
+    #[arg(long, default_value_t = 0, conflicts_with = "noise")]
+    pub seed: u64,
+    /// Initial unit-Gaussian noise [1, C, H/8, W/8] as .npy or safetensors: gives diffusers'
+    /// image for the same noise.
+    #[arg(long)]
+    pub noise: Option<PathBuf>,
+    /// Sampling steps (1 to 4).
+    #[arg(long, default_value_t = 1)]
+    pub steps: usize,
+    /// Image width in pixels (a multiple of 8; default: the noise's, else the model's).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Image height in pixels (a multiple of 8).
+    #[arg(long)]
+    pub height: Option<usize>,
+}
+
+impl NoiseArgs {
+    /// The request for `prompt` (reading the noise file, if any).
+    pub fn request(&self, prompt: &str) -> Result<Request> {
+        let noise = match &self.noise {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("reading noise {}", path.display()))?;
+                Some(Noise::from_bytes(&path.display().to_string(), &bytes)?)
+            }
+            None => None,
+        };
+        Ok(Request {
+            prompt: prompt.to_string(),
+            noise,
+            seed: self.seed,
+            steps: self.steps,
+            height: self.height,
+            width: self.width,
+        })
+    }
+
+    /// Where the noise came from, for PNG metadata and reports.
+    pub fn source(&self) -> String {
+        match &self.noise {
+            Some(path) => format!("noise file {}", path.display()),
+            None => format!("seed {}", self.seed),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -37,22 +88,8 @@ pub struct GenerateArgs {
     /// What to draw. Prompts longer than the text encoder takes are cut, with a warning.
     #[arg(long)]
     prompt: String,
-    /// Seed for the initial noise (the same seed gives the same image on every device).
-    #[arg(long, default_value_t = 0, conflicts_with = "noise")]
-    seed: u64,
-    /// Initial unit-Gaussian noise [1, C, H/8, W/8] as .npy or safetensors: gives diffusers'
-    /// image for the same noise.
-    #[arg(long)]
-    noise: Option<PathBuf>,
-    /// Sampling steps (1 to 4).
-    #[arg(long, default_value_t = 1)]
-    steps: usize,
-    /// Image width in pixels (a multiple of 8; default: the noise's, else the model's).
-    #[arg(long)]
-    width: Option<usize>,
-    /// Image height in pixels (a multiple of 8).
-    #[arg(long)]
-    height: Option<usize>,
+    #[command(flatten)]
+    noise: NoiseArgs,
     /// The PNG to write.
     #[arg(long)]
     out: PathBuf,
@@ -127,7 +164,7 @@ fn read_groups(
     Ok(())
 }
 
-fn bar(hidden: bool, template: &str) -> ProgressBar {
+pub(crate) fn bar(hidden: bool, template: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(
         None,
         if hidden {
@@ -145,15 +182,15 @@ fn bar(hidden: bool, template: &str) -> ProgressBar {
 
 /// Stage timings in milliseconds.
 #[derive(Default, Debug, Clone, Copy)]
-struct Timings {
-    read: f64,
-    load: f64,
+pub(crate) struct Timings {
+    pub read: f64,
+    pub load: f64,
     text: f64,
     denoise: f64,
     decode: f64,
 }
 
-fn ms(since: Instant) -> f64 {
+pub(crate) fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
@@ -164,7 +201,14 @@ fn settle<const D: usize>(t: &Tensor<D>) -> Result<()> {
     Ok(())
 }
 
-fn load(args: &ModelArgs, hidden: bool, t: &mut Timings) -> Result<(Pipeline, ComputeDevice)> {
+/// Reads the snapshot and loads it onto the chosen device (its autodiff form when
+/// `autodiff`, for ReNO's gradients).
+pub(crate) fn load(
+    args: &ModelArgs,
+    hidden: bool,
+    autodiff: bool,
+    t: &mut Timings,
+) -> Result<(Pipeline, ComputeDevice)> {
     let started = Instant::now();
     let reading = bar(
         hidden,
@@ -181,7 +225,10 @@ fn load(args: &ModelArgs, hidden: bool, t: &mut Timings) -> Result<(Pipeline, Co
     };
     reading.finish_and_clear();
     t.read = ms(started);
-    let device = open_device(&args.device)?;
+    let mut device = open_device(&args.device)?;
+    if autodiff {
+        device.device = device.device.clone().autodiff();
+    }
     let started = Instant::now();
     let building = bar(
         hidden,
@@ -236,36 +283,18 @@ fn run(
 }
 
 pub fn generate(args: &GenerateArgs) -> Result<()> {
-    let noise = match &args.noise {
-        Some(path) => {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("reading noise {}", path.display()))?;
-            Some(Noise::from_bytes(&path.display().to_string(), &bytes)?)
-        }
-        None => None,
-    };
     if args.out.extension().and_then(|e| e.to_str()) != Some("png") {
         bail!("--out {}: must be a .png file", args.out.display());
     }
-    let request = Request {
-        prompt: args.prompt.clone(),
-        noise,
-        seed: args.seed,
-        steps: args.steps,
-        height: args.height,
-        width: args.width,
-    };
+    let request = args.noise.request(&args.prompt)?;
     let mut t = Timings::default();
-    let (pipeline, device) = load(&args.model, args.json, &mut t)?;
+    let (pipeline, device) = load(&args.model, args.json, false, &mut t)?;
     let image = run(&pipeline, &request, args.json, &mut t)?;
-    let source = match &args.noise {
-        Some(path) => format!("noise file {}", path.display()),
-        None => format!("seed {}", args.seed),
-    };
+    let source = args.noise.source();
     let mut meta = vec![
         ("prompt", args.prompt.clone()),
         ("model", args.model.model.display().to_string()),
-        ("steps", args.steps.to_string()),
+        ("steps", args.noise.steps.to_string()),
         ("noise", source.clone()),
         (
             "software",
@@ -275,8 +304,8 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
     if let Some(d) = &args.model.decoder {
         meta.push(("decoder", d.display().to_string()));
     }
-    if args.noise.is_none() {
-        meta.push(("seed", args.seed.to_string()));
+    if args.noise.noise.is_none() {
+        meta.push(("seed", args.noise.seed.to_string()));
     }
     let png = image.to_png(&meta)?;
     std::fs::write(&args.out, png).with_context(|| format!("writing {}", args.out.display()))?;
@@ -285,7 +314,7 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
             "out": args.out.display().to_string(),
             "width": image.width,
             "height": image.height,
-            "steps": args.steps,
+            "steps": args.noise.steps,
             "noise": source,
             "device": device.describe(),
             "ms": {"read": t.read, "load": t.load, "text": t.text, "denoise": t.denoise, "decode": t.decode},
@@ -303,7 +332,7 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
             args.out.display(),
             image.width,
             image.height,
-            args.steps
+            args.noise.steps
         );
     }
     Ok(())
@@ -319,7 +348,7 @@ fn peak_rss_mib() -> Option<f64> {
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
     let mut t = Timings::default();
-    let (pipeline, device) = load(&args.model, true, &mut t)?;
+    let (pipeline, device) = load(&args.model, true, false, &mut t)?;
     let request = Request {
         prompt: args.prompt.clone(),
         noise: None,

@@ -1,6 +1,7 @@
 //! `tastebud`: the command-line front end. Reads files, picks a device, calls the core.
 
 mod generate;
+mod optimize;
 mod score;
 
 use anyhow::Result;
@@ -25,8 +26,10 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Time each stage of generation and report peak memory (JSON).
     Bench(generate::BenchArgs),
-    /// Score images against a prompt with rewards (CLIPScore, PickScore, HPSv2, aesthetic), weighted.
+    /// Score images against a prompt with rewards (CLIPScore, PickScore, HPSv2, aesthetic, ImageReward, DINOv2), weighted.
     Score(score::ScoreArgs),
+    /// Optimise the initial noise toward rewards (ReNO) and write the best image.
+    Optimize(optimize::OptimizeArgs),
     /// List the devices Tastebud can run on.
     Devices {
         /// Print JSON instead of a table.
@@ -40,6 +43,7 @@ fn main() -> Result<()> {
         Command::Generate(args) => generate::generate(&args),
         Command::Bench(args) => generate::bench(&args),
         Command::Score(args) => score::score(&args),
+        Command::Optimize(args) => optimize::optimize(&args),
         Command::Devices { json } => devices(json),
     }
 }

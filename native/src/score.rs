@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
 use tastebud_core::ModelFiles;
+use tastebud_core::burn::tensor::Device;
 use tastebud_core::preprocess::decode_rgb;
 use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
 
@@ -41,7 +42,7 @@ pub struct ScoreArgs {
 }
 
 /// One parsed `--reward` flag.
-struct RewardSpec {
+pub(crate) struct RewardSpec {
     label: String,
     kind: RewardKind,
     paths: Vec<PathBuf>,
@@ -78,7 +79,7 @@ fn parse_spec(spec: &str) -> Result<RewardSpec> {
 
 /// The files a reward reads: from a folder, those its loader may want; for a file, the file
 /// itself plus the folder's config and tokenizer files.
-fn read_reward_files(spec: &RewardSpec) -> Result<ModelFiles> {
+pub(crate) fn read_reward_files(spec: &RewardSpec) -> Result<ModelFiles> {
     let wanted = rewards::files_wanted(spec.kind);
     let mut files = ModelFiles::new(spec.paths[0].display().to_string());
     let add = |folder: &Path, name: &str, files: &mut ModelFiles| -> Result<()> {
@@ -115,10 +116,9 @@ fn read_reward_files(spec: &RewardSpec) -> Result<ModelFiles> {
     Ok(files)
 }
 
-pub fn score(args: &ScoreArgs) -> Result<()> {
-    // Check the cheap things (flags, images) before starting a device or loading weights.
-    let mut specs = args
-        .rewards
+/// Parses `--reward` flags; a kind given twice is labelled `name#2`, ...
+pub(crate) fn parse_rewards(flags: &[String]) -> Result<Vec<RewardSpec>> {
+    let mut specs = flags
         .iter()
         .map(|s| parse_spec(s))
         .collect::<Result<Vec<_>>>()?;
@@ -131,6 +131,31 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
             specs[i].label = format!("{}#{}", specs[i].label, same + 1);
         }
     }
+    Ok(specs)
+}
+
+/// Loads each reward's files (read by [`read_reward_files`]) onto `device` as one set.
+pub(crate) fn load_rewards(
+    specs: &[RewardSpec],
+    files: Vec<ModelFiles>,
+    device: &Device,
+) -> Result<RewardSet> {
+    let mut terms = Vec::new();
+    for (spec, files) in specs.iter().zip(files) {
+        let reward = rewards::load(spec.kind, files, device)
+            .with_context(|| format!("loading the {} reward", spec.label))?;
+        terms.push(RewardTerm {
+            label: spec.label.clone(),
+            reward,
+            weight: spec.weight,
+        });
+    }
+    Ok(RewardSet::new(terms)?)
+}
+
+pub fn score(args: &ScoreArgs) -> Result<()> {
+    // Check the cheap things (flags, images) before starting a device or loading weights.
+    let specs = parse_rewards(&args.rewards)?;
     let decoded = args
         .images
         .iter()
@@ -146,17 +171,7 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let device = crate::open_device(&args.device)?;
     let started = Instant::now();
-    let mut terms = Vec::new();
-    for (spec, files) in specs.iter().zip(files) {
-        let reward = rewards::load(spec.kind, files, &device.device)
-            .with_context(|| format!("loading the {} reward", spec.label))?;
-        terms.push(RewardTerm {
-            label: spec.label.clone(),
-            reward,
-            weight: spec.weight,
-        });
-    }
-    let mut set = RewardSet::new(terms)?;
+    let mut set = load_rewards(&specs, files, &device.device)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut times = Vec::new();
     let mut scores = Vec::new();

@@ -1,0 +1,451 @@
+//! ReNO, reward-based noise optimisation (Eyring et al., 2024), as its reference loop does it:
+//! each iteration generates from the current unit noise `z`, scores the image with the reward
+//! set, and steps `z` along the gradient of
+//!
+//! `loss = sum_i w_i (c_i - r_i)  +  prior_weight * (0.5 ||z||^2 - (d - 1) log ||z||)`
+//!
+//! (the second term keeps `||z||` near the `sqrt(d - 1)` of a Gaussian's chi distribution),
+//! with the gradient's norm clipped, by SGD with Nesterov momentum (or Adam). The result is the
+//! iterate with the lowest reward-only loss, not the last one; the last iteration is scored but
+//! takes no step, as in the reference.
+//!
+//! The gradient flows through the UNet, the decoder, each reward's differentiable preprocessing
+//! and the rewards; the text conditioning is computed once, without gradient. The optimiser
+//! runs on the host in f32 (the noise is small), the prior's gradient is its closed form
+//! `prior_weight * (1 - (d - 1) / ||z||^2) z`.
+
+use burn::tensor::{Tensor, TensorData};
+use serde::Serialize;
+
+use crate::noise::Noise;
+use crate::pipeline::{Conditioning, Pipeline, RgbImage, to_rgb8};
+use crate::rewards::{ImageScores, RewardSet};
+use crate::{Error, Result, read_f32};
+
+/// The update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Optimizer {
+    /// `torch.optim.SGD` (no dampening, no weight decay).
+    Sgd { momentum: f32, nesterov: bool },
+    /// `torch.optim.Adam` (no weight decay).
+    Adam { beta1: f32, beta2: f32, eps: f32 },
+}
+
+impl Optimizer {
+    /// ReNO's: momentum 0.9, Nesterov.
+    pub const RENO: Self = Self::Sgd {
+        momentum: 0.9,
+        nesterov: true,
+    };
+    /// torch's Adam defaults.
+    pub const ADAM: Self = Self::Adam {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+    };
+}
+
+/// ReNO's hyper-parameters; `Default` is the paper's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RenoConfig {
+    /// Scored iterates; `iterations - 1` steps.
+    pub iterations: usize,
+    pub lr: f32,
+    pub optimizer: Optimizer,
+    /// Largest gradient norm (`clip_grad_norm_`); infinity turns clipping off.
+    pub grad_clip: f32,
+    /// Weight of the chi-norm prior; 0 turns it off.
+    pub prior_weight: f32,
+    /// Sampling steps of the one-step model.
+    pub steps: usize,
+    /// Seed of ancestral schedulers' extra noise (the same every iteration).
+    pub seed: u64,
+    /// Read the image back for the event every this many iterations (and at the best one).
+    pub preview_every: Option<usize>,
+}
+
+impl Default for RenoConfig {
+    fn default() -> Self {
+        Self {
+            iterations: 50,
+            lr: 5.0,
+            optimizer: Optimizer::RENO,
+            grad_clip: 0.1,
+            prior_weight: 0.01,
+            steps: 1,
+            seed: 0,
+            preview_every: None,
+        }
+    }
+}
+
+impl RenoConfig {
+    fn validate(&self) -> Result<()> {
+        let positive = |name: &str, v: f32| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::argument(
+                    name,
+                    format!("{v}: must be a positive number"),
+                ))
+            }
+        };
+        if self.iterations == 0 {
+            return Err(Error::argument("iterations", "0: at least one is needed"));
+        }
+        positive("lr", self.lr)?;
+        if self.grad_clip.is_nan() || self.grad_clip <= 0.0 {
+            return Err(Error::argument(
+                "grad-clip",
+                format!("{}: must be positive (infinity for none)", self.grad_clip),
+            ));
+        }
+        if !(self.prior_weight.is_finite() && self.prior_weight >= 0.0) {
+            return Err(Error::argument(
+                "prior-weight",
+                format!("{}: must be zero or positive", self.prior_weight),
+            ));
+        }
+        match self.optimizer {
+            Optimizer::Sgd { momentum, .. } if !(0.0..1.0).contains(&momentum) => Err(
+                Error::argument("momentum", format!("{momentum}: must be in [0, 1)")),
+            ),
+            Optimizer::Adam { beta1, beta2, eps }
+                if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2) && eps > 0.0) =>
+            {
+                Err(Error::argument(
+                    "adam",
+                    format!("betas ({beta1}, {beta2}) must be in [0, 1) and eps {eps} positive"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One scored iterate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Iteration {
+    pub iteration: usize,
+    /// Per reward term, in the set's order.
+    pub rewards: Vec<f32>,
+    /// `sum_i w_i (c_i - r_i)`: what selects the best iterate.
+    pub reward_loss: f32,
+    /// The prior term (0 when its weight is 0).
+    pub prior: f32,
+    pub noise_norm: f32,
+    /// Norm of the whole gradient before clipping; `None` where no step was taken.
+    pub grad_norm: Option<f32>,
+    /// Best iterate so far (this one included) and its reward loss.
+    pub best_iteration: usize,
+    pub best_loss: f32,
+}
+
+/// What the caller wants after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Stop before the next iteration; the best iterate so far is returned.
+    Stop,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct RenoOutcome {
+    /// The unit noise of the best iterate.
+    pub best_noise: Noise,
+    pub best_iteration: usize,
+    pub trajectory: Vec<Iteration>,
+    /// Why the run ended before its last iteration, if it did.
+    pub stopped: Option<String>,
+}
+
+impl RenoOutcome {
+    pub fn best(&self) -> Option<&Iteration> {
+        self.trajectory.get(self.best_iteration)
+    }
+}
+
+/// The update rule's state.
+struct Stepper {
+    optimizer: Optimizer,
+    lr: f32,
+    /// Momentum buffer, or Adam's first moment.
+    first: Vec<f32>,
+    /// Adam's second moment.
+    second: Vec<f32>,
+    steps: i32,
+}
+
+impl Stepper {
+    fn new(optimizer: Optimizer, lr: f32, n: usize) -> Self {
+        Self {
+            optimizer,
+            lr,
+            first: vec![],
+            second: vec![0.0; n],
+            steps: 0,
+        }
+    }
+
+    fn step(&mut self, z: &mut [f32], g: &[f32]) {
+        self.steps += 1;
+        match self.optimizer {
+            Optimizer::Sgd { momentum, nesterov } => {
+                // torch: the buffer starts as the first gradient, then buf = m * buf + g.
+                if self.first.is_empty() {
+                    self.first = g.to_vec();
+                } else {
+                    for (b, &gi) in self.first.iter_mut().zip(g) {
+                        *b = momentum * *b + gi;
+                    }
+                }
+                for ((zi, &gi), &b) in z.iter_mut().zip(g).zip(&self.first) {
+                    let d = if nesterov { gi + momentum * b } else { b };
+                    *zi -= self.lr * d;
+                }
+            }
+            Optimizer::Adam { beta1, beta2, eps } => {
+                if self.first.is_empty() {
+                    self.first = vec![0.0; z.len()];
+                }
+                let c1 = 1.0 - beta1.powi(self.steps);
+                let c2 = (1.0 - beta2.powi(self.steps)).sqrt();
+                for i in 0..z.len() {
+                    self.first[i] = beta1 * self.first[i] + (1.0 - beta1) * g[i];
+                    self.second[i] = beta2 * self.second[i] + (1.0 - beta2) * g[i] * g[i];
+                    let denom = self.second[i].sqrt() / c2 + eps;
+                    z[i] -= self.lr / c1 * self.first[i] / denom;
+                }
+            }
+        }
+    }
+}
+
+fn norm(v: &[f32]) -> f32 {
+    v.iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt() as f32
+}
+
+/// The chi-norm prior on `d`-dimensional noise and its gradient's coefficient on `z`.
+fn prior(weight: f32, z_norm: f32, d: usize) -> (f32, f32) {
+    if weight == 0.0 {
+        return (0.0, 0.0);
+    }
+    let (n, d1) = (f64::from(z_norm), (d - 1) as f64);
+    let value = f64::from(weight) * (0.5 * n * n - d1 * n.ln());
+    let coefficient = f64::from(weight) * (1.0 - d1 / (n * n));
+    (value as f32, coefficient as f32)
+}
+
+/// A noise's image and scores, and the gradient of the reward loss w.r.t. the noise.
+pub struct Evaluation {
+    pub scores: ImageScores,
+    /// `d(sum_i w_i (c_i - r_i)) / dz`, when asked for.
+    pub gradient: Option<Vec<f32>>,
+    /// The decoded image in about [-1, 1], `[1, 3, H, W]`.
+    pub image: Tensor<4>,
+}
+
+/// Noise -> image -> weighted reward loss, for one prompt: what ReNO and the search methods
+/// evaluate. The prompt's conditioning and text features are computed once, here.
+pub struct NoiseObjective<'a> {
+    pipeline: &'a Pipeline,
+    rewards: &'a RewardSet,
+    conditioning: Conditioning,
+    shape: [usize; 4],
+    steps: usize,
+    seed: u64,
+}
+
+impl<'a> NoiseObjective<'a> {
+    /// `shape` is the noise's, `[1, C, h, w]`. Prompts too long for a text encoder are cut,
+    /// as diffusers and the rewards' references do.
+    pub fn new(
+        pipeline: &'a Pipeline,
+        rewards: &'a mut RewardSet,
+        prompt: &str,
+        shape: &[usize],
+        steps: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        if rewards.terms().iter().all(|t| t.weight == 0.0) {
+            return Err(Error::argument(
+                "rewards",
+                "every reward weight is 0: there is nothing to optimise",
+            ));
+        }
+        let shape: [usize; 4] = match shape {
+            &[1, c, h, w] if c == pipeline.unet.config.in_channels => [1, c, h, w],
+            other => {
+                return Err(Error::argument(
+                    "noise",
+                    format!(
+                        "shape {other:?}; expected one noise [1, {}, h, w]",
+                        pipeline.unet.config.in_channels
+                    ),
+                ));
+            }
+        };
+        let conditioning = pipeline.encode_prompt(prompt)?;
+        rewards.set_prompt(prompt, true)?;
+        Ok(Self {
+            pipeline,
+            rewards,
+            conditioning,
+            shape,
+            steps,
+            seed,
+        })
+    }
+
+    /// Number of noise values.
+    pub fn dimension(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Generates from `z` and scores the image; with `gradient`, also backpropagates the reward
+    /// loss to `z` (the pipeline and rewards must then live on an autodiff device).
+    pub async fn evaluate(&self, z: &[f32], gradient: bool) -> Result<Evaluation> {
+        let device = self.pipeline.device();
+        if gradient && device.gradient_checkpointing_strategy().is_none() {
+            return Err(Error::argument(
+                "device",
+                "gradients need the pipeline and rewards loaded on `device.autodiff()`",
+            ));
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(z.to_vec(), self.shape), device);
+        let x = if gradient { x.require_grad() } else { x };
+        let latents = self.pipeline.denoise_tensor(
+            &self.conditioning,
+            x.clone(),
+            self.steps,
+            self.seed,
+            &mut |_, _| {},
+        )?;
+        let image = self.pipeline.decode(latents);
+        let values = self
+            .rewards
+            .evaluate((image.clone() / 2.0 + 0.5).clamp(0.0, 1.0))?;
+        let gradient = if gradient {
+            let grads = values.loss.clone().sum().backward();
+            let g = x.grad(&grads).ok_or_else(|| {
+                Error::argument("device", "no gradient reached the noise (is it autodiff?)")
+            })?;
+            Some(read_f32(g).await?)
+        } else {
+            None
+        };
+        let scores = self.rewards.read(values).await?.remove(0);
+        Ok(Evaluation {
+            scores,
+            gradient,
+            image: image.detach(),
+        })
+    }
+}
+
+/// Runs ReNO from `noise` (unit Gaussian `[1, C, h, w]`). `on_event` sees every iteration
+/// (with the image when [`RenoConfig::preview_every`] asks for it) and may stop the run.
+pub async fn reno(
+    objective: &NoiseObjective<'_>,
+    noise: Noise,
+    config: &RenoConfig,
+    on_event: &mut dyn FnMut(&Iteration, Option<&RgbImage>) -> Flow,
+) -> Result<RenoOutcome> {
+    config.validate()?;
+    if noise.values.len() != objective.dimension() {
+        return Err(Error::argument(
+            "noise",
+            format!("shape {:?} does not match the objective's", noise.shape),
+        ));
+    }
+    if let Some(i) = noise.values.iter().position(|v| !v.is_finite()) {
+        return Err(Error::argument("noise", format!("value {i} is not finite")));
+    }
+    let d = noise.values.len();
+    let mut z = noise.values.clone();
+    let mut stepper = Stepper::new(config.optimizer, config.lr, d);
+    let mut trajectory: Vec<Iteration> = Vec::with_capacity(config.iterations);
+    let mut best: Option<(usize, f32, Vec<f32>)> = None;
+    let mut stopped = None;
+    for iteration in 0..config.iterations {
+        let last = iteration + 1 == config.iterations;
+        let eval = objective.evaluate(&z, !last).await?;
+        let loss = eval.scores.loss;
+        let z_norm = norm(&z);
+        let (prior_value, prior_coefficient) = prior(config.prior_weight, z_norm, d);
+        if loss.is_finite() && best.as_ref().is_none_or(|(_, l, _)| loss < *l) {
+            best = Some((iteration, loss, z.clone()));
+        }
+        let Some((best_iteration, best_loss, _)) = &best else {
+            stopped = Some(format!("iteration {iteration}: the reward loss is {loss}"));
+            break;
+        };
+        let mut event = Iteration {
+            iteration,
+            rewards: eval.scores.rewards.clone(),
+            reward_loss: loss,
+            prior: prior_value,
+            noise_norm: z_norm,
+            grad_norm: None,
+            best_iteration: *best_iteration,
+            best_loss: *best_loss,
+        };
+        let step = eval.gradient.map(|mut g| {
+            for (gi, &zi) in g.iter_mut().zip(&z) {
+                *gi += prior_coefficient * zi;
+            }
+            let g_norm = norm(&g);
+            event.grad_norm = Some(g_norm);
+            (g, g_norm)
+        });
+        let preview = match config.preview_every {
+            Some(k) if k > 0 && (iteration % k == 0 || last) => Some(to_rgb8(eval.image).await?),
+            _ => None,
+        };
+        let flow = on_event(&event, preview.as_ref());
+        let finite = loss.is_finite() && event.grad_norm.is_none_or(f32::is_finite);
+        trajectory.push(event);
+        if !finite {
+            stopped = Some(format!(
+                "iteration {iteration}: the loss or its gradient is not finite; kept the best \
+                 iterate so far"
+            ));
+            break;
+        }
+        if flow == Flow::Stop && !last {
+            stopped = Some(format!("stopped by the caller after iteration {iteration}"));
+            break;
+        }
+        if let Some((mut g, g_norm)) = step {
+            // torch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
+            let scale = config.grad_clip / (g_norm + 1e-6);
+            if scale < 1.0 {
+                g.iter_mut().for_each(|gi| *gi *= scale);
+            }
+            stepper.step(&mut z, &g);
+        }
+    }
+    let (best_iteration, _, best_z) = best.ok_or_else(|| {
+        Error::argument(
+            "rewards",
+            stopped
+                .clone()
+                .unwrap_or_else(|| "no iterate was scored".into()),
+        )
+    })?;
+    Ok(RenoOutcome {
+        best_noise: Noise {
+            shape: noise.shape.clone(),
+            values: best_z,
+        },
+        best_iteration,
+        trajectory,
+        stopped,
+    })
+}
