@@ -584,24 +584,16 @@ fn optimize_follows_the_reference_loop_and_saves_its_best() {
     let (best, _) = reference_tensor_in("reno/reference.safetensors", "sgd.best_noise");
     assert_close("saved best noise", &saved.values, &best, 1e-3);
 
-    let regenerated = temp_png("reno-regenerated.png");
-    let out = tastebud(&[
-        "generate",
+    let noise_arg = noise_path.display().to_string();
+    let again = generated_pixels(&[
         "--model",
         &fixture("sd-turbo-tiny"),
         "--prompt",
         "a photo of a cat",
         "--noise",
-        &noise_path.display().to_string(),
-        "--device",
-        "cpu",
-        "--out",
-        &regenerated.display().to_string(),
+        &noise_arg,
     ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let a = image::open(&out_path).unwrap().to_rgb8().into_raw();
-    let b = image::open(&regenerated).unwrap().to_rgb8().into_raw();
-    assert_eq!(a, b);
+    assert_eq!(png_pixels(&out_path), again);
 }
 
 #[test]
@@ -619,11 +611,90 @@ fn optimize_refuses_what_it_cannot_do() {
         assert!(!out.status.success(), "{extra:?} succeeded");
         stderr(&out)
     };
-    assert!(run(&clip, &["--method", "best-of-n"]).contains("not implemented yet"));
+    assert!(run(&clip, &["--method", "best-of-n", "--budget", "1"]).contains("needs at least"));
+    assert!(run(&clip, &["--method", "carinox", "--budget", "5"]).contains("needs at least"));
+    assert!(run(&clip, &["--method", "annealing"]).contains("annealing"));
     assert!(run(&clip, &["--iters", "0"]).contains("iterations"));
     assert!(run(&clip, &["--lr=-1"]).contains("lr"));
     assert!(run(&clip, &["--width", "44"]).contains("multiple of 8"));
     assert!(run(&clip, &["--save-noise", "x.txt"]).contains(".npy"));
     let zero = format!("clip={}:0", fixture("clip-openai"));
     assert!(run(&zero, &[]).contains("every reward weight is 0"));
+}
+
+/// Best-of-N scores seeds `seed..seed + budget` in batches and writes the best: the PNG is what
+/// `generate --seed` makes from the winning seed.
+#[test]
+fn optimize_best_of_n_keeps_the_best_seed() {
+    let out_path = temp_png("best-of-n.png");
+    let clip = format!("clip={}", fixture("clip-openai"));
+    let model = fixture("sd-turbo-tiny");
+    let out = tastebud(&[
+        "optimize",
+        "--model",
+        &model,
+        "--prompt",
+        "a cat",
+        "--reward",
+        &clip,
+        "--method",
+        "best-of-n",
+        "--budget",
+        "3",
+        "--batch",
+        "2",
+        "--seed",
+        "20",
+        "--width",
+        "40",
+        "--height",
+        "48",
+        "--device",
+        "cpu",
+        "--json",
+        "--out",
+        &out_path.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let steps = json["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3);
+    assert_eq!(json["spent"], 3.0);
+    let best = steps
+        .iter()
+        .min_by(|a, b| {
+            a["reward_loss"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["reward_loss"].as_f64().unwrap())
+        })
+        .unwrap();
+    assert_eq!(json["best"], best["origin"]);
+    let seed = best["origin"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("seed ")
+        .to_string();
+    let again = generated_pixels(&[
+        "--model", &model, "--prompt", "a cat", "--seed", &seed, "--width", "40", "--height", "48",
+    ]);
+    assert_eq!(png_pixels(&out_path), again);
+}
+
+fn png_pixels(path: &std::path::Path) -> Vec<u8> {
+    image::open(path).unwrap().to_rgb8().into_raw()
+}
+
+/// The pixels `tastebud generate ARGS --device cpu` draws.
+fn generated_pixels(args: &[&str]) -> Vec<u8> {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out_path = temp_png(&format!("generated-{n}.png"));
+    let out_arg = out_path.display().to_string();
+    let mut all = vec!["generate"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--device", "cpu", "--out", &out_arg]);
+    let out = tastebud(&all);
+    assert!(out.status.success(), "{}", stderr(&out));
+    png_pixels(&out_path)
 }

@@ -12,6 +12,7 @@ pub mod preprocess;
 pub mod reno;
 pub mod rewards;
 pub mod scheduler;
+pub mod search;
 pub mod tokenizer;
 pub mod torch_pickle;
 pub mod weights;

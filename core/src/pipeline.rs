@@ -522,19 +522,28 @@ impl Pipeline {
             (shape[2] * self.decoder.upscale) as f32,
             (shape[3] * self.decoder.upscale) as f32,
         );
+        // One prompt for a batch of noises: its conditioning repeated per noise.
+        let batch = shape[0];
+        let context = match conditioning.context.dims() {
+            [1, seq, d] if batch > 1 => conditioning.context.clone().expand([batch, seq, d]),
+            _ => conditioning.context.clone(),
+        };
         let text_time = conditioning.pooled.as_ref().map(|pooled| TextTime {
-            text_embeds: pooled.clone(),
-            time_ids: vec![[height, width, 0.0, 0.0, height, width]],
+            text_embeds: match pooled.dims() {
+                [1, d] if batch > 1 => pooled.clone().expand([batch, d]),
+                _ => pooled.clone(),
+            },
+            time_ids: vec![[height, width, 0.0, 0.0, height, width]; batch],
         });
-        // Ancestral steps draw fresh noise from a stream of their own.
+        // Ancestral steps draw fresh noise from a stream of their own; every noise of a batch
+        // draws what it would alone, so batching never changes an image.
         let mut rng = Rng::new(seed ^ 0xA5A5_A5A5_A5A5_A5A5);
+        let per_noise: usize = shape[1..].iter().product();
         for (i, &t) in scheduler.timesteps.iter().enumerate() {
             let input = scheduler.scale_model_input(latents.clone(), i);
-            let eps = self
-                .unet
-                .forward(input, t, &conditioning.context, text_time.as_ref())?;
+            let eps = self.unet.forward(input, t, &context, text_time.as_ref())?;
             latents = if self.ancestral {
-                let fresh = upload(rng.gaussian(shape.iter().product()));
+                let fresh = upload(rng.gaussian(per_noise).repeat(batch));
                 scheduler.step_ancestral(eps, i, latents, fresh)
             } else {
                 scheduler.step(eps, i, latents)

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::noise::Noise;
 use crate::pipeline::{Conditioning, Pipeline, RgbImage, to_rgb8};
-use crate::rewards::{ImageScores, RewardSet};
+use crate::rewards::{ImageScores, RewardSet, RewardValues};
 use crate::{Error, Result, read_f32};
 
 /// The update rule.
@@ -61,7 +61,10 @@ pub struct RenoConfig {
     pub steps: usize,
     /// Seed of ancestral schedulers' extra noise (the same every iteration).
     pub seed: u64,
-    /// Read the image back for the event every this many iterations (and at the best one).
+    /// CARINOX's rule: clip each reward's gradient to `grad_clip` before summing (one
+    /// backward pass per weighted reward), then clip the sum as usual.
+    pub clip_per_reward: bool,
+    /// Read the image back for the event every this many iterations (and at the last one).
     pub preview_every: Option<usize>,
 }
 
@@ -75,6 +78,7 @@ impl Default for RenoConfig {
             prior_weight: 0.01,
             steps: 1,
             seed: 0,
+            clip_per_reward: false,
             preview_every: None,
         }
     }
@@ -231,6 +235,14 @@ fn norm(v: &[f32]) -> f32 {
         .sqrt() as f32
 }
 
+/// torch's `clip_grad_norm_`: scales by `max_norm / (norm + 1e-6)` when that is below 1.
+fn clip_norm(g: &mut [f32], max_norm: f32) {
+    let scale = max_norm / (norm(g) + 1e-6);
+    if scale < 1.0 {
+        g.iter_mut().for_each(|gi| *gi *= scale);
+    }
+}
+
 /// The chi-norm prior on `d`-dimensional noise and its gradient's coefficient on `z`.
 fn prior(weight: f32, z_norm: f32, d: usize) -> (f32, f32) {
     if weight == 0.0 {
@@ -308,21 +320,16 @@ impl<'a> NoiseObjective<'a> {
         self.shape.iter().product()
     }
 
-    /// Generates from `z` and scores the image; with `gradient`, also backpropagates the reward
-    /// loss to `z` (the pipeline and rewards must then live on an autodiff device).
-    pub async fn evaluate(&self, z: &[f32], gradient: bool) -> Result<Evaluation> {
-        let device = self.pipeline.device();
-        if gradient && device.gradient_checkpointing_strategy().is_none() {
-            return Err(Error::argument(
-                "device",
-                "gradients need the pipeline and rewards loaded on `device.autodiff()`",
-            ));
-        }
-        let x = Tensor::<4>::from_data(TensorData::new(z.to_vec(), self.shape), device);
-        let x = if gradient { x.require_grad() } else { x };
+    /// The weights of the rewards, in the set's order.
+    pub fn weights(&self) -> Vec<f32> {
+        self.rewards.terms().iter().map(|t| t.weight).collect()
+    }
+
+    /// Noises `[n, C, h, w]` (concatenated values) -> images -> reward values.
+    fn forward(&self, x: Tensor<4>) -> Result<(Tensor<4>, RewardValues)> {
         let latents = self.pipeline.denoise_tensor(
             &self.conditioning,
-            x.clone(),
+            x,
             self.steps,
             self.seed,
             &mut |_, _| {},
@@ -331,14 +338,52 @@ impl<'a> NoiseObjective<'a> {
         let values = self
             .rewards
             .evaluate((image.clone() / 2.0 + 0.5).clamp(0.0, 1.0))?;
-        let gradient = if gradient {
-            let grads = values.loss.clone().sum().backward();
-            let g = x.grad(&grads).ok_or_else(|| {
-                Error::argument("device", "no gradient reached the noise (is it autodiff?)")
-            })?;
-            Some(read_f32(g).await?)
-        } else {
-            None
+        Ok((image, values))
+    }
+
+    fn upload(&self, values: Vec<f32>, n: usize) -> Tensor<4> {
+        let [_, c, h, w] = self.shape;
+        Tensor::<4>::from_data(
+            TensorData::new(values, [n, c, h, w]),
+            self.pipeline.device(),
+        )
+    }
+
+    fn check_gradients_possible(&self) -> Result<()> {
+        if self
+            .pipeline
+            .device()
+            .gradient_checkpointing_strategy()
+            .is_none()
+        {
+            return Err(Error::argument(
+                "device",
+                "gradients need the pipeline and rewards loaded on `device.autodiff()`",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn gradient_of(&self, loss: Tensor<1>, x: &Tensor<4>) -> Result<Vec<f32>> {
+        let grads = loss.sum().backward();
+        let g = x.grad(&grads).ok_or_else(|| {
+            Error::argument("device", "no gradient reached the noise (is it autodiff?)")
+        })?;
+        read_f32(g).await
+    }
+
+    /// Generates from `z` and scores the image; with `gradient`, also backpropagates the reward
+    /// loss to `z` (the pipeline and rewards must then live on an autodiff device).
+    pub async fn evaluate(&self, z: &[f32], gradient: bool) -> Result<Evaluation> {
+        if gradient {
+            self.check_gradients_possible()?;
+        }
+        let x = self.upload(z.to_vec(), 1);
+        let x = if gradient { x.require_grad() } else { x };
+        let (image, values) = self.forward(x.clone())?;
+        let gradient = match gradient {
+            true => Some(self.gradient_of(values.loss.clone(), &x).await?),
+            false => None,
         };
         let scores = self.rewards.read(values).await?.remove(0);
         Ok(Evaluation {
@@ -346,6 +391,46 @@ impl<'a> NoiseObjective<'a> {
             gradient,
             image: image.detach(),
         })
+    }
+
+    /// Scores several noises in one batch (no gradient): one [`ImageScores`] each.
+    pub async fn evaluate_batch(&self, zs: &[Vec<f32>]) -> Result<Vec<ImageScores>> {
+        if zs.iter().any(|z| z.len() != self.dimension()) {
+            return Err(Error::argument("noise", "a candidate has the wrong size"));
+        }
+        let x = self.upload(zs.concat(), zs.len());
+        let (_, values) = self.forward(x)?;
+        self.rewards.read(values).await
+    }
+
+    /// Each weighted reward's own loss gradient w.r.t. `z` (`None` for zero weights): one
+    /// forward and backward pass per reward, since burn cannot keep a graph for a second
+    /// backward. The scores come from the first pass.
+    pub async fn term_gradients(&self, z: &[f32]) -> Result<(Evaluation, Vec<Option<Vec<f32>>>)> {
+        self.check_gradients_possible()?;
+        let mut first = None;
+        let mut gradients = Vec::new();
+        for (i, term) in self.rewards.terms().iter().enumerate() {
+            if term.weight == 0.0 {
+                gradients.push(None);
+                continue;
+            }
+            let x = self.upload(z.to_vec(), 1).require_grad();
+            let (image, values) = self.forward(x.clone())?;
+            let constant = term.reward.kind().loss_constant();
+            let loss = (values.rewards[i].clone().neg() + constant) * term.weight;
+            gradients.push(Some(self.gradient_of(loss, &x).await?));
+            if first.is_none() {
+                let scores = self.rewards.read(values).await?.remove(0);
+                first = Some(Evaluation {
+                    scores,
+                    gradient: None,
+                    image: image.detach(),
+                });
+            }
+        }
+        let first = first.ok_or_else(|| Error::argument("rewards", "every reward weight is 0"))?;
+        Ok((first, gradients))
     }
 }
 
@@ -375,7 +460,18 @@ pub async fn reno(
     let mut stopped = None;
     for iteration in 0..config.iterations {
         let last = iteration + 1 == config.iterations;
-        let eval = objective.evaluate(&z, !last).await?;
+        let eval = if config.clip_per_reward && !last {
+            let (mut eval, per_term) = objective.term_gradients(&z).await?;
+            let mut sum = vec![0.0f32; d];
+            for mut g in per_term.into_iter().flatten() {
+                clip_norm(&mut g, config.grad_clip);
+                sum.iter_mut().zip(&g).for_each(|(s, gi)| *s += gi);
+            }
+            eval.gradient = Some(sum);
+            eval
+        } else {
+            objective.evaluate(&z, !last).await?
+        };
         let loss = eval.scores.loss;
         let z_norm = norm(&z);
         let (prior_value, prior_coefficient) = prior(config.prior_weight, z_norm, d);
@@ -422,12 +518,8 @@ pub async fn reno(
             stopped = Some(format!("stopped by the caller after iteration {iteration}"));
             break;
         }
-        if let Some((mut g, g_norm)) = step {
-            // torch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
-            let scale = config.grad_clip / (g_norm + 1e-6);
-            if scale < 1.0 {
-                g.iter_mut().for_each(|gi| *gi *= scale);
-            }
+        if let Some((mut g, _)) = step {
+            clip_norm(&mut g, config.grad_clip);
             stepper.step(&mut z, &g);
         }
     }

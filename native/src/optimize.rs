@@ -6,9 +6,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use serde_json::json;
+use serde_json::{Value, json};
+use tastebud_core::noise::Noise;
 use tastebud_core::pipeline::to_rgb8;
-use tastebud_core::reno::{Flow, NoiseObjective, Optimizer, RenoConfig, reno};
+use tastebud_core::reno::{Flow, Iteration, NoiseObjective, Optimizer, RenoConfig, reno};
+use tastebud_core::rewards::ImageScores;
+use tastebud_core::search;
 
 use crate::generate::{ModelArgs, NoiseArgs, Timings, bar, load, ms};
 use crate::score::{load_rewards, parse_rewards, read_reward_files};
@@ -43,6 +46,25 @@ pub struct OptimizeArgs {
     rewards: Vec<String>,
     #[arg(long, value_enum, default_value = "reno")]
     method: Method,
+    /// Search budget in generator+reward forward passes (a gradient pass counts 3): for
+    /// best-of-n, zero-order and carinox, so methods compare at equal cost.
+    #[arg(long, default_value_t = 50.0)]
+    budget: f32,
+    /// best-of-n: candidates scored per batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// zero-order: candidates per round around the pivot.
+    #[arg(long, default_value_t = 4)]
+    neighbours: usize,
+    /// zero-order: how far a candidate moves (0..1; the noise stays unit Gaussian).
+    #[arg(long, default_value_t = 0.2)]
+    step: f32,
+    /// carinox: seeds scored before optimising.
+    #[arg(long, default_value_t = 8)]
+    explore: usize,
+    /// carinox: how many of the best explored seeds ReNO starts from.
+    #[arg(long, default_value_t = 2)]
+    seeds: usize,
     /// Iterations (scored iterates; one fewer steps).
     #[arg(long, default_value_t = 50)]
     iters: usize,
@@ -83,14 +105,8 @@ fn extension_is(path: &std::path::Path, ext: &str) -> bool {
 }
 
 pub fn optimize(args: &OptimizeArgs) -> Result<()> {
-    if args.method != Method::Reno {
-        bail!(
-            "--method {}: not implemented yet (only reno is)",
-            args.method
-                .to_possible_value()
-                .map(|v| v.get_name().to_string())
-                .unwrap_or_default()
-        );
+    if args.method != Method::Reno && args.save_every.is_some() {
+        bail!("--save-every: only --method reno saves its iterates");
     }
     if !extension_is(&args.out, "png") {
         bail!("--out {}: must be a .png file", args.out.display());
@@ -127,7 +143,21 @@ pub fn optimize(args: &OptimizeArgs) -> Result<()> {
         prior_weight: args.prior_weight,
         steps: args.noise.steps,
         seed: args.noise.seed,
+        clip_per_reward: false,
         preview_every: save_every.as_ref().map(|(k, _)| *k),
+    };
+    let search_method = match args.method {
+        Method::Reno => None,
+        Method::BestOfN => Some(search::Method::BestOfN { batch: args.batch }),
+        Method::ZeroOrder => Some(search::Method::ZeroOrder {
+            neighbours: args.neighbours,
+            step: args.step,
+        }),
+        Method::Carinox => Some(search::Method::Carinox {
+            explore: args.explore,
+            seeds: args.seeds,
+            reno: config.clone(),
+        }),
     };
     let request = args.noise.request(&args.prompt)?;
     let specs = parse_rewards(&args.rewards)?;
@@ -152,20 +182,120 @@ pub fn optimize(args: &OptimizeArgs) -> Result<()> {
         args.noise.seed,
     )?;
 
+    let started = Instant::now();
+    let finished = match &search_method {
+        None => run_reno(args, &objective, noise, &config, &save_every)?,
+        Some(method) => run_search(args, &objective, &noise.shape, method)?,
+    };
+    let optimize_ms = ms(started);
+
+    // The best noise's image, generated again.
+    let best = pollster::block_on(objective.evaluate(&finished.best_noise.values, false))?;
+    let image = pollster::block_on(to_rgb8(best.image))?;
+    let method = args
+        .method
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
+    let png = image.to_png(&[
+        ("prompt", args.prompt.clone()),
+        ("model", args.model.model.display().to_string()),
+        (
+            "noise",
+            format!(
+                "{method} from {}: {}",
+                args.noise.source(),
+                finished.best_origin
+            ),
+        ),
+        ("rewards", args.rewards.join(" ")),
+        (
+            "software",
+            format!("tastebud {}", env!("CARGO_PKG_VERSION")),
+        ),
+    ])?;
+    std::fs::write(&args.out, png).with_context(|| format!("writing {}", args.out.display()))?;
+    if let Some(path) = &args.save_noise {
+        std::fs::write(path, finished.best_noise.to_npy())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let per_step = optimize_ms / finished.count.max(1) as f64;
+    if args.json {
+        let mut out = json!({
+            "out": args.out.display().to_string(),
+            "width": width,
+            "height": height,
+            "method": method,
+            "labels": labels,
+            "best": finished.best_origin,
+            "best_scores": best.scores,
+            "stopped": finished.stopped,
+            "device": device.describe(),
+            "ms": {"read": t.read, "load_pipeline": t.load, "load_rewards": load_rewards_ms,
+                   "optimize": optimize_ms, "per_step": per_step},
+        });
+        if let (Some(out), Some(details)) = (out.as_object_mut(), finished.details.as_object()) {
+            out.extend(details.clone());
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if let Some(why) = &finished.stopped {
+        eprintln!("stopped early: {why}");
+    }
+    println!("{:<14} {:>12} {:>12}", "", "start", "best");
+    for (i, label) in labels.iter().enumerate() {
+        println!(
+            "{label:<14} {:>12.4} {:>12.4}",
+            finished.start.rewards[i], best.scores.rewards[i]
+        );
+    }
+    println!(
+        "{:<14} {:>12.4} {:>12.4}",
+        "reward loss", finished.start.loss, best.scores.loss
+    );
+    println!(
+        "best: {} ({} steps, {per_step:.0} ms each); wrote {}",
+        finished.best_origin,
+        finished.count,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// What a method found, for the report.
+struct Finished {
+    best_noise: Noise,
+    best_origin: String,
+    /// The first scored noise (the starting point).
+    start: ImageScores,
+    /// Iterations or search steps.
+    count: usize,
+    stopped: Option<String>,
+    /// Method-specific JSON fields (trajectory, config, budget).
+    details: Value,
+}
+
+fn run_reno(
+    args: &OptimizeArgs,
+    objective: &NoiseObjective,
+    noise: Noise,
+    config: &RenoConfig,
+    save_every: &Option<(usize, PathBuf)>,
+) -> Result<Finished> {
     let progress = bar(
         args.json,
         "{spinner} iteration {pos}/{len} [{bar:30}] {msg} ({elapsed}, {per_sec})",
     );
     progress.set_length(args.iters as u64);
-    let started = Instant::now();
     let mut save_error = None;
-    let outcome = pollster::block_on(reno(&objective, noise, &config, &mut |it, image| {
+    let outcome = pollster::block_on(reno(objective, noise, config, &mut |it, image| {
         progress.set_position(it.iteration as u64 + 1);
         progress.set_message(format!(
             "loss {:.4} (best {:.4} at {})",
             it.reward_loss, it.best_loss, it.best_iteration
         ));
-        if let (Some(image), Some((_, dir))) = (image, &save_every) {
+        if let (Some(image), Some((_, dir))) = (image, save_every) {
             let path = dir.join(format!("iter-{:03}.png", it.iteration));
             let written = image
                 .to_png(&[("prompt", args.prompt.clone())])
@@ -182,74 +312,76 @@ pub fn optimize(args: &OptimizeArgs) -> Result<()> {
     if let Some(e) = save_error {
         return Err(e);
     }
-    let optimize_ms = ms(started);
-
-    // The best iterate's image, generated again from its noise.
-    let best = pollster::block_on(objective.evaluate(&outcome.best_noise.values, false))?;
-    let image = pollster::block_on(to_rgb8(best.image))?;
-    let source = args.noise.source();
-    let png = image.to_png(&[
-        ("prompt", args.prompt.clone()),
-        ("model", args.model.model.display().to_string()),
-        (
-            "noise",
-            format!("ReNO from {source}, iteration {}", outcome.best_iteration),
-        ),
-        ("rewards", args.rewards.join(" ")),
-        (
-            "software",
-            format!("tastebud {}", env!("CARGO_PKG_VERSION")),
-        ),
-    ])?;
-    std::fs::write(&args.out, png).with_context(|| format!("writing {}", args.out.display()))?;
-    if let Some(path) = &args.save_noise {
-        std::fs::write(path, outcome.best_noise.to_npy())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    let first = outcome.trajectory.first();
-    let best_it = outcome.best();
-    if args.json {
-        let out = json!({
-            "out": args.out.display().to_string(),
-            "width": width,
-            "height": height,
-            "method": "reno",
+    let weights = objective.weights();
+    let scores = |it: &Iteration| ImageScores {
+        rewards: it.rewards.clone(),
+        weighted_total: it.rewards.iter().zip(&weights).map(|(r, w)| r * w).sum(),
+        loss: it.reward_loss,
+    };
+    let start = outcome
+        .trajectory
+        .first()
+        .map(scores)
+        .context("no iteration ran")?;
+    Ok(Finished {
+        best_origin: format!("iteration {}", outcome.best_iteration),
+        best_noise: outcome.best_noise,
+        start,
+        count: outcome.trajectory.len(),
+        stopped: outcome.stopped,
+        details: json!({
             "config": config,
-            "labels": labels,
             "iterations": outcome.trajectory,
             "best_iteration": outcome.best_iteration,
-            "best_scores": best.scores,
-            "stopped": outcome.stopped,
-            "device": device.describe(),
-            "ms": {"read": t.read, "load_pipeline": t.load, "load_rewards": load_rewards_ms,
-                   "optimize": optimize_ms,
-                   "per_iteration": optimize_ms / outcome.trajectory.len().max(1) as f64},
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
-    }
-    if let Some(why) = &outcome.stopped {
-        eprintln!("stopped early: {why}");
-    }
-    println!("{:<14} {:>12} {:>12}", "", "start", "best");
-    if let (Some(first), Some(best_it)) = (first, best_it) {
-        for (i, label) in labels.iter().enumerate() {
-            println!(
-                "{label:<14} {:>12.4} {:>12.4}",
-                first.rewards[i], best_it.rewards[i]
-            );
-        }
-        println!(
-            "{:<14} {:>12.4} {:>12.4}",
-            "reward loss", first.reward_loss, best_it.reward_loss
-        );
-    }
-    println!(
-        "best at iteration {} of {}; {:.0} ms per iteration; wrote {}",
-        outcome.best_iteration,
-        outcome.trajectory.len(),
-        optimize_ms / outcome.trajectory.len().max(1) as f64,
-        args.out.display()
+        }),
+    })
+}
+
+fn run_search(
+    args: &OptimizeArgs,
+    objective: &NoiseObjective,
+    shape: &[usize],
+    method: &search::Method,
+) -> Result<Finished> {
+    let progress = bar(
+        args.json,
+        "{spinner} spent {pos}/{len} forward passes [{bar:30}] {msg} ({elapsed})",
     );
-    Ok(())
+    progress.set_length(args.budget as u64);
+    let outcome = pollster::block_on(search::search(
+        objective,
+        shape,
+        args.noise.seed,
+        method,
+        args.budget,
+        &mut |step| {
+            progress.set_position(step.spent as u64);
+            progress.set_message(format!(
+                "{}: loss {:.4} (best {:.4})",
+                step.origin, step.reward_loss, step.best_loss
+            ));
+            Flow::Continue
+        },
+    ))?;
+    progress.finish_and_clear();
+    let first = outcome.steps.first().context("no candidate was scored")?;
+    let weights = objective.weights();
+    let start = ImageScores {
+        rewards: first.rewards.clone(),
+        weighted_total: first.rewards.iter().zip(&weights).map(|(r, w)| r * w).sum(),
+        loss: first.reward_loss,
+    };
+    Ok(Finished {
+        best_noise: outcome.best_noise,
+        best_origin: outcome.best_origin,
+        start,
+        count: outcome.steps.len(),
+        stopped: outcome.stopped,
+        details: json!({
+            "search": method,
+            "budget": args.budget,
+            "spent": outcome.spent,
+            "steps": outcome.steps,
+        }),
+    })
 }

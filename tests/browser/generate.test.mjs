@@ -49,20 +49,9 @@ async function generate(device, caseInfo) {
     return await page.evaluate(async ({ device, c }) => {
       const { default: init, Tastebud } = await import('/web/pkg/tastebud_web.js');
       await init();
+      const { loadPipeline } = await import('/tests/browser/page.mjs');
       const tb = await Tastebud.create(device);
-      const model = `/tests/fixtures/${c.model}`;
-      const index = new Uint8Array(await (await fetch(`${model}/model_index.json`)).arrayBuffer());
-      tb.add_file('model_index.json', index);
-      for (const group of JSON.parse(Tastebud.pipeline_files(index))) {
-        for (const name of group) {
-          const r = await fetch(`${model}/${name}`);
-          if (r.ok) {
-            tb.add_file(name, new Uint8Array(await r.arrayBuffer()));
-            break;
-          }
-        }
-      }
-      tb.load_pipeline(model);
+      await loadPipeline(tb, Tastebud, `/tests/fixtures/${c.model}`);
       const noise = new Uint8Array(await (await fetch(`/tests/fixtures/${c.noise}`)).arrayBuffer());
       const image = await tb.generate(c.prompt, noise, 0n, c.steps, c.height, c.width);
       let bad = null;

@@ -7,8 +7,9 @@
 use serde_json::json;
 use tastebud_core::models::clip::{CLIP_FILES, Clip};
 use tastebud_core::noise::Noise;
-use tastebud_core::pipeline::{ModelIndex, Pipeline, Request};
+use tastebud_core::pipeline::{ModelIndex, Pipeline, Request, to_rgb8};
 use tastebud_core::preprocess::decode_rgb;
+use tastebud_core::reno::{Flow, NoiseObjective, RenoConfig, reno};
 use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
 use tastebud_core::{ComputeDevice, DeviceChoice, ModelFiles, device};
 use wasm_bindgen::prelude::*;
@@ -51,6 +52,50 @@ impl GeneratedImage {
     }
 }
 
+impl GeneratedImage {
+    fn from_rgb(width: usize, height: usize, rgb: &[u8], png: Vec<u8>) -> Self {
+        let rgba = rgb
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect();
+        Self {
+            width,
+            height,
+            rgba,
+            png,
+        }
+    }
+}
+
+/// ReNO's result: the best image, its noise (`.npy`) and the JSON report of every iteration.
+#[wasm_bindgen]
+pub struct Optimized {
+    report: String,
+    noise: Vec<u8>,
+    image: GeneratedImage,
+}
+
+#[wasm_bindgen]
+impl Optimized {
+    /// JSON `{labels, iterations: [...], best_iteration, best_scores, stopped}`.
+    pub fn report(&self) -> String {
+        self.report.clone()
+    }
+    /// The best noise as `.npy` bytes (`generate` takes it back).
+    pub fn noise_npy(&self) -> Vec<u8> {
+        self.noise.clone()
+    }
+    /// The best image.
+    pub fn image(&self) -> GeneratedImage {
+        GeneratedImage {
+            width: self.image.width,
+            height: self.image.height,
+            rgba: self.image.rgba.clone(),
+            png: self.image.png.clone(),
+        }
+    }
+}
+
 fn js(e: tastebud_core::Error) -> JsError {
     JsError::new(&e.to_string())
 }
@@ -61,7 +106,10 @@ impl Tastebud {
     /// allow one WebGPU runtime.
     pub async fn create(device: String) -> Result<Tastebud, JsError> {
         let choice: DeviceChoice = device.parse().map_err(js)?;
-        let device = device::open(choice).await.map_err(js)?;
+        let mut device = device::open(choice).await.map_err(js)?;
+        // Autodiff everywhere, so ReNO can take gradients of the loaded models; weights are
+        // frozen, so plain generation and scoring record no graph.
+        device.device = device.device.clone().autodiff();
         Ok(Tastebud {
             device,
             pending: ModelFiles::default(),
@@ -229,16 +277,106 @@ impl Tastebud {
             ("noise", "given".to_string())
         });
         let png = image.to_png(&meta).map_err(js)?;
-        let rgba = image
-            .pixels
-            .chunks_exact(3)
-            .flat_map(|p| [p[0], p[1], p[2], 255])
-            .collect();
-        Ok(GeneratedImage {
-            width: image.width,
-            height: image.height,
-            rgba,
+        Ok(GeneratedImage::from_rgb(
+            image.width,
+            image.height,
+            &image.pixels,
             png,
+        ))
+    }
+
+    /// ReNO: optimises the initial noise of `prompt`'s image toward the added rewards and
+    /// returns the best iterate. `noise`/`seed`/`height`/`width` as for [`Tastebud::generate`]
+    /// (one step); `lr`, `grad_clip`, `prior_weight`: ReNO's defaults when `undefined`.
+    /// `on_iteration(json)` gets each iteration (rewards, reward loss, norms, best so far) as
+    /// it finishes; returning `false` stops after that iteration.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn optimize(
+        &mut self,
+        prompt: String,
+        noise: Option<Vec<u8>>,
+        seed: u64,
+        height: Option<usize>,
+        width: Option<usize>,
+        iterations: usize,
+        lr: Option<f32>,
+        grad_clip: Option<f32>,
+        prior_weight: Option<f32>,
+        on_iteration: Option<js_sys::Function>,
+    ) -> Result<Optimized, JsError> {
+        let pipeline = self
+            .pipeline
+            .as_ref()
+            .ok_or_else(|| JsError::new("no pipeline loaded: call load_pipeline first"))?;
+        let rewards = self
+            .rewards
+            .as_mut()
+            .ok_or_else(|| JsError::new("no reward loaded: call add_reward first"))?;
+        let noise = match &noise {
+            Some(bytes) => Some(Noise::from_bytes("noise", bytes).map_err(js)?),
+            None => None,
+        };
+        let request = Request {
+            prompt: prompt.clone(),
+            noise,
+            seed,
+            steps: 1,
+            height,
+            width,
+        };
+        let (_, _, noise) = pipeline.prepare(&request).map_err(js)?;
+        let defaults = RenoConfig::default();
+        let config = RenoConfig {
+            iterations,
+            lr: lr.unwrap_or(defaults.lr),
+            grad_clip: grad_clip.unwrap_or(defaults.grad_clip),
+            prior_weight: prior_weight.unwrap_or(defaults.prior_weight),
+            seed,
+            ..defaults
+        };
+        let labels: Vec<String> = rewards.terms().iter().map(|t| t.label.clone()).collect();
+        let objective =
+            NoiseObjective::new(pipeline, rewards, &prompt, &noise.shape, 1, seed).map_err(js)?;
+        let outcome = reno(&objective, noise, &config, &mut |it, _| {
+            let Some(f) = &on_iteration else {
+                return Flow::Continue;
+            };
+            let event = JsValue::from_str(&json!(it).to_string());
+            match f.call1(&JsValue::NULL, &event) {
+                Ok(v) if v == JsValue::FALSE => Flow::Stop,
+                Ok(_) => Flow::Continue,
+                Err(_) => Flow::Stop,
+            }
+        })
+        .await
+        .map_err(js)?;
+        let best = objective
+            .evaluate(&outcome.best_noise.values, false)
+            .await
+            .map_err(js)?;
+        let image = to_rgb8(best.image).await.map_err(js)?;
+        let png = image
+            .to_png(&[
+                ("prompt", prompt),
+                ("model", pipeline.origin.clone()),
+                (
+                    "noise",
+                    format!("ReNO, iteration {}", outcome.best_iteration),
+                ),
+                ("software", "tastebud (browser)".to_string()),
+            ])
+            .map_err(js)?;
+        let report = json!({
+            "labels": labels,
+            "iterations": outcome.trajectory,
+            "best_iteration": outcome.best_iteration,
+            "best_scores": best.scores,
+            "stopped": outcome.stopped,
+        });
+        Ok(Optimized {
+            report: report.to_string(),
+            noise: outcome.best_noise.to_npy(),
+            image: GeneratedImage::from_rgb(image.width, image.height, &image.pixels, png),
         })
     }
 }

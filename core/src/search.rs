@@ -1,0 +1,331 @@
+//! Exploration over noises, under one compute budget so methods compare at equal cost:
+//! best-of-N (batched), zero-order search around a pivot, and CARINOX (explore seeds, then
+//! ReNO from the best few with each reward's gradient clipped separately).
+//!
+//! Costs are counted in generator+reward forward passes: one image scored costs
+//! [`FORWARD_COST`], one with its gradient [`GRADIENT_COST`] (a backward pass is about two
+//! forwards); CARINOX's per-reward gradients cost that once per weighted reward.
+
+use serde::Serialize;
+
+use crate::noise::Noise;
+use crate::reno::{Flow, Iteration, NoiseObjective, RenoConfig, reno};
+use crate::rewards::ImageScores;
+use crate::{Error, Result};
+
+pub const FORWARD_COST: f32 = 1.0;
+pub const GRADIENT_COST: f32 = 3.0;
+
+/// A search method and its own settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum Method {
+    /// Noises from consecutive seeds, scored `batch` at a time; the best is kept.
+    BestOfN { batch: usize },
+    /// Rounds of `neighbours` candidates `sqrt(1 - step^2) * pivot + step * eps` (still unit
+    /// Gaussian); the pivot moves to the best candidate when it beats it.
+    ZeroOrder { neighbours: usize, step: f32 },
+    /// `explore` seeds scored, then ReNO (per-reward clipping) from the best `seeds` of them,
+    /// the rest of the budget split evenly between the runs.
+    Carinox {
+        explore: usize,
+        seeds: usize,
+        reno: RenoConfig,
+    },
+}
+
+/// One evaluation (or one ReNO iteration) of a search, as reported.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SearchStep {
+    pub index: usize,
+    /// Where the noise came from: `seed N`, `round R`, `seed N iteration I`.
+    pub origin: String,
+    pub rewards: Vec<f32>,
+    pub reward_loss: f32,
+    pub best_loss: f32,
+    /// Budget spent so far, this step included.
+    pub spent: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchOutcome {
+    pub best_noise: Noise,
+    pub best_origin: String,
+    pub best_scores: ImageScores,
+    pub steps: Vec<SearchStep>,
+    pub spent: f32,
+    /// Why the search ended early, if it did.
+    pub stopped: Option<String>,
+}
+
+/// The running best and the record of steps.
+struct Tracker<'a> {
+    shape: Vec<usize>,
+    best: Option<(Vec<f32>, String, ImageScores)>,
+    steps: Vec<SearchStep>,
+    spent: f32,
+    on_step: &'a mut dyn FnMut(&SearchStep) -> Flow,
+    stopped: Option<String>,
+}
+
+impl Tracker<'_> {
+    fn best_loss(&self) -> f32 {
+        self.best.as_ref().map_or(f32::INFINITY, |(_, _, b)| b.loss)
+    }
+
+    /// Makes `z` the best if it beats the best so far.
+    fn offer(&mut self, z: &[f32], origin: String, scores: &ImageScores) {
+        if scores.loss.is_finite() && scores.loss < self.best_loss() {
+            self.best = Some((z.to_vec(), origin, scores.clone()));
+        }
+    }
+
+    /// Reports a step that cost `cost`; `best_elsewhere` is a better loss known outside the
+    /// tracker (a ReNO run's best so far). Returns [`Flow::Stop`] when the caller asked.
+    fn observe(
+        &mut self,
+        origin: String,
+        scores: &ImageScores,
+        cost: f32,
+        best_elsewhere: f32,
+    ) -> Flow {
+        self.spent += cost;
+        let step = SearchStep {
+            index: self.steps.len(),
+            origin,
+            rewards: scores.rewards.clone(),
+            reward_loss: scores.loss,
+            best_loss: self.best_loss().min(best_elsewhere),
+            spent: self.spent,
+        };
+        let flow = (self.on_step)(&step);
+        self.steps.push(step);
+        if flow == Flow::Stop {
+            self.stopped = Some(format!(
+                "stopped by the caller after step {}",
+                self.steps.len() - 1
+            ));
+        }
+        flow
+    }
+
+    /// Records a scored noise; false when the caller asked to stop.
+    fn record(&mut self, z: &[f32], origin: String, scores: &ImageScores, cost: f32) -> bool {
+        self.offer(z, origin.clone(), scores);
+        self.observe(origin, scores, cost, f32::INFINITY) == Flow::Continue
+    }
+
+    fn finish(self) -> Result<SearchOutcome> {
+        let (values, best_origin, best_scores) = self
+            .best
+            .ok_or_else(|| Error::argument("rewards", "no candidate had a finite reward loss"))?;
+        Ok(SearchOutcome {
+            best_noise: Noise {
+                values,
+                shape: self.shape,
+            },
+            best_origin,
+            best_scores,
+            steps: self.steps,
+            spent: self.spent,
+            stopped: self.stopped,
+        })
+    }
+}
+
+/// A ReNO iterate's scores, with the weighted total the set would report.
+fn scores_of(it: &Iteration, weights: &[f32]) -> ImageScores {
+    ImageScores {
+        rewards: it.rewards.clone(),
+        weighted_total: it.rewards.iter().zip(weights).map(|(r, w)| r * w).sum(),
+        loss: it.reward_loss,
+    }
+}
+
+fn too_small(method: &str, need: f32, budget: f32) -> Error {
+    Error::argument(
+        "budget",
+        format!("{budget} forward passes; {method} needs at least {need}"),
+    )
+}
+
+/// Scores the noises of `seeds` in batches of `batch`; returns (noise, seed, scores) of each.
+async fn score_seeds(
+    objective: &NoiseObjective<'_>,
+    shape: &[usize],
+    seeds: std::ops::Range<u64>,
+    batch: usize,
+    tracker: &mut Tracker<'_>,
+) -> Result<Vec<(Vec<f32>, u64, f32)>> {
+    let seeds: Vec<u64> = seeds.collect();
+    let mut scored = Vec::new();
+    for chunk in seeds.chunks(batch.max(1)) {
+        let zs: Vec<Vec<f32>> = chunk
+            .iter()
+            .map(|&s| Noise::from_seed(s, shape).values)
+            .collect();
+        let scores = objective.evaluate_batch(&zs).await?;
+        for ((z, &seed), s) in zs.into_iter().zip(chunk).zip(&scores) {
+            let go_on = tracker.record(&z, format!("seed {seed}"), s, FORWARD_COST);
+            scored.push((z, seed, s.loss));
+            if !go_on {
+                return Ok(scored);
+            }
+        }
+    }
+    Ok(scored)
+}
+
+/// Runs `method` from `seed` (best-of-N and CARINOX: noises of seeds `seed`, `seed + 1`, ...;
+/// zero-order: the pivot starts at `seed`'s noise) within `budget` forward passes.
+pub async fn search(
+    objective: &NoiseObjective<'_>,
+    shape: &[usize],
+    seed: u64,
+    method: &Method,
+    budget: f32,
+    on_step: &mut dyn FnMut(&SearchStep) -> Flow,
+) -> Result<SearchOutcome> {
+    if !(budget.is_finite() && budget > 0.0) {
+        return Err(Error::argument(
+            "budget",
+            format!("{budget}: must be positive"),
+        ));
+    }
+    let mut tracker = Tracker {
+        shape: shape.to_vec(),
+        best: None,
+        steps: vec![],
+        spent: 0.0,
+        on_step,
+        stopped: None,
+    };
+    match method {
+        Method::BestOfN { batch } => {
+            let n = (budget / FORWARD_COST) as u64;
+            if n < 2 {
+                return Err(too_small("best-of-N", 2.0 * FORWARD_COST, budget));
+            }
+            score_seeds(objective, shape, seed..seed + n, *batch, &mut tracker).await?;
+        }
+        Method::ZeroOrder { neighbours, step } => {
+            if !(step.is_finite() && *step > 0.0 && *step < 1.0) {
+                return Err(Error::argument(
+                    "step",
+                    format!("{step}: must be in (0, 1)"),
+                ));
+            }
+            let k = (*neighbours).max(1);
+            let rounds = ((budget - FORWARD_COST) / (k as f32 * FORWARD_COST)).floor();
+            if rounds < 1.0 {
+                return Err(too_small(
+                    "zero-order search",
+                    (1 + k) as f32 * FORWARD_COST,
+                    budget,
+                ));
+            }
+            let mut pivot = Noise::from_seed(seed, shape).values;
+            let start = objective
+                .evaluate_batch(std::slice::from_ref(&pivot))
+                .await?;
+            let mut pivot_loss = start[0].loss;
+            let mut go_on = tracker.record(&pivot, "pivot".into(), &start[0], FORWARD_COST);
+            // The perturbations come from a stream of their own, after the pivot's seed.
+            let mut rng = crate::noise::Rng::new(seed ^ 0x005E_ED0F_2E20);
+            let keep = (1.0 - step * step).sqrt();
+            for round in 0..rounds as usize {
+                if !go_on {
+                    break;
+                }
+                let zs: Vec<Vec<f32>> = (0..k)
+                    .map(|_| {
+                        let eps = rng.gaussian(pivot.len());
+                        pivot
+                            .iter()
+                            .zip(eps)
+                            .map(|(p, e)| keep * p + step * e)
+                            .collect()
+                    })
+                    .collect();
+                let scores = objective.evaluate_batch(&zs).await?;
+                let mut best_round: Option<usize> = None;
+                for (i, s) in scores.iter().enumerate() {
+                    let origin = format!("round {round} neighbour {i}");
+                    go_on = tracker.record(&zs[i], origin, s, FORWARD_COST) && go_on;
+                    if s.loss < best_round.map_or(pivot_loss, |b| scores[b].loss) {
+                        best_round = Some(i);
+                    }
+                }
+                if let Some(b) = best_round {
+                    pivot = zs[b].clone();
+                    pivot_loss = scores[b].loss;
+                }
+            }
+        }
+        Method::Carinox {
+            explore,
+            seeds,
+            reno: config,
+        } => {
+            let k = (*seeds).max(1);
+            let explore = (*explore).max(k);
+            let weighted = objective.weights().iter().filter(|w| **w != 0.0).count();
+            let per_iteration = GRADIENT_COST * weighted as f32;
+            let left = budget - explore as f32 * FORWARD_COST;
+            // Each run: (iterations - 1) gradient steps and a last forward pass.
+            let iterations = ((left / k as f32 - FORWARD_COST) / per_iteration).floor() + 1.0;
+            if iterations < 2.0 {
+                let need =
+                    explore as f32 * FORWARD_COST + k as f32 * (per_iteration + FORWARD_COST);
+                return Err(too_small("CARINOX", need, budget));
+            }
+            let mut scored = score_seeds(
+                objective,
+                shape,
+                seed..seed + explore as u64,
+                explore,
+                &mut tracker,
+            )
+            .await?;
+            scored.sort_by(|a, b| a.2.total_cmp(&b.2));
+            let config = RenoConfig {
+                iterations: iterations as usize,
+                clip_per_reward: true,
+                preview_every: None,
+                ..config.clone()
+            };
+            let weights = objective.weights();
+            for (z, start_seed, _) in scored.into_iter().take(k) {
+                if tracker.stopped.is_some() {
+                    break;
+                }
+                let noise = Noise {
+                    values: z,
+                    shape: shape.to_vec(),
+                };
+                let outcome = reno(objective, noise, &config, &mut |it, _| {
+                    let cost = if it.grad_norm.is_some() {
+                        per_iteration
+                    } else {
+                        FORWARD_COST
+                    };
+                    let origin = format!("seed {start_seed} iteration {}", it.iteration);
+                    tracker.observe(origin, &scores_of(it, &weights), cost, it.best_loss)
+                })
+                .await?;
+                if let Some(best) = outcome.best() {
+                    let origin = format!("seed {start_seed} iteration {}", best.iteration);
+                    tracker.offer(
+                        &outcome.best_noise.values,
+                        origin,
+                        &scores_of(best, &weights),
+                    );
+                }
+                if let Some(why) = outcome.stopped {
+                    tracker.stopped.get_or_insert(why);
+                }
+            }
+        }
+    }
+    tracker.finish()
+}
