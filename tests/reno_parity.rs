@@ -330,3 +330,28 @@ fn bad_settings_are_errors() {
     .expect_err("not autodiff");
     assert!(err.to_string().contains("autodiff"), "{err}");
 }
+
+/// burn's gradient checkpointing (recomputing memory-bound activations in the backward pass,
+/// `tastebud optimize --gradient-checkpointing`) gives the same trajectory.
+#[test]
+fn gradient_checkpointing_changes_nothing() {
+    let cpu = tastebud_core::ComputeDevice::cpu().device;
+    let config = RenoConfig {
+        iterations: 3,
+        ..RenoConfig::default()
+    };
+    let mut runs = vec![];
+    for device in [
+        cpu.clone().autodiff(),
+        cpu.autodiff().gradient_checkpointing(),
+    ] {
+        let (pipeline, mut rewards) = setup(&device, [0.1, 1.0]);
+        let objective = NoiseObjective::new(&pipeline, &mut rewards, PROMPT, &[1, 4, 6, 5], 1, 0)
+            .expect("objective");
+        runs.push(run(&objective, &config));
+    }
+    for (a, b) in runs[0].trajectory.iter().zip(&runs[1].trajectory) {
+        assert_close("reward loss", &[b.reward_loss], &[a.reward_loss], 1e-6);
+        assert_close("noise norm", &[b.noise_norm], &[a.noise_norm], 1e-6);
+    }
+}

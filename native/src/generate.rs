@@ -201,12 +201,22 @@ fn settle<const D: usize>(t: &Tensor<D>) -> Result<()> {
     Ok(())
 }
 
-/// Reads the snapshot and loads it onto the chosen device (its autodiff form when
-/// `autodiff`, for ReNO's gradients).
+/// Whether the models need gradients (ReNO), and how activations are kept for them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gradients {
+    None,
+    /// Every activation kept for the backward pass.
+    Kept,
+    /// burn's gradient checkpointing: memory-bound activations recomputed in the backward pass.
+    Checkpointed,
+}
+
+/// Reads the snapshot and loads it onto the chosen device (its autodiff form when the models
+/// need gradients).
 pub(crate) fn load(
     args: &ModelArgs,
     hidden: bool,
-    autodiff: bool,
+    gradients: Gradients,
     t: &mut Timings,
 ) -> Result<(Pipeline, ComputeDevice)> {
     let started = Instant::now();
@@ -226,9 +236,11 @@ pub(crate) fn load(
     reading.finish_and_clear();
     t.read = ms(started);
     let mut device = open_device(&args.device)?;
-    if autodiff {
-        device.device = device.device.clone().autodiff();
-    }
+    device.device = match gradients {
+        Gradients::None => device.device,
+        Gradients::Kept => device.device.autodiff(),
+        Gradients::Checkpointed => device.device.autodiff().gradient_checkpointing(),
+    };
     let started = Instant::now();
     let building = bar(
         hidden,
@@ -288,7 +300,7 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
     }
     let request = args.noise.request(&args.prompt)?;
     let mut t = Timings::default();
-    let (pipeline, device) = load(&args.model, args.json, false, &mut t)?;
+    let (pipeline, device) = load(&args.model, args.json, Gradients::None, &mut t)?;
     let image = run(&pipeline, &request, args.json, &mut t)?;
     let source = args.noise.source();
     let mut meta = vec![
@@ -339,7 +351,7 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
 }
 
 /// Peak resident memory of this process in MiB (Linux), for benchmark reports.
-fn peak_rss_mib() -> Option<f64> {
+pub(crate) fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -348,7 +360,7 @@ fn peak_rss_mib() -> Option<f64> {
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
     let mut t = Timings::default();
-    let (pipeline, device) = load(&args.model, true, false, &mut t)?;
+    let (pipeline, device) = load(&args.model, true, Gradients::None, &mut t)?;
     let request = Request {
         prompt: args.prompt.clone(),
         noise: None,

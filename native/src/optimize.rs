@@ -13,7 +13,7 @@ use tastebud_core::reno::{Flow, Iteration, NoiseObjective, Optimizer, RenoConfig
 use tastebud_core::rewards::ImageScores;
 use tastebud_core::search;
 
-use crate::generate::{ModelArgs, NoiseArgs, Timings, bar, load, ms};
+use crate::generate::{Gradients, ModelArgs, NoiseArgs, Timings, bar, load, ms, peak_rss_mib};
 use crate::score::{load_rewards, parse_rewards, read_reward_files};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -95,6 +95,10 @@ pub struct OptimizeArgs {
     /// Save the best noise as .npy (give it to --noise of generate or optimize).
     #[arg(long)]
     save_noise: Option<PathBuf>,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them (burn's
+    /// gradient checkpointing): less memory, more time.
+    #[arg(long)]
+    gradient_checkpointing: bool,
     /// Print a JSON report (every iteration's rewards) instead of a summary.
     #[arg(long)]
     json: bool,
@@ -167,7 +171,14 @@ pub fn optimize(args: &OptimizeArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
 
     let mut t = Timings::default();
-    let (pipeline, device) = load(&args.model, args.json, true, &mut t)?;
+    let gradients = if args.method == Method::BestOfN || args.method == Method::ZeroOrder {
+        Gradients::None
+    } else if args.gradient_checkpointing {
+        Gradients::Checkpointed
+    } else {
+        Gradients::Kept
+    };
+    let (pipeline, device) = load(&args.model, args.json, gradients, &mut t)?;
     let started = Instant::now();
     let mut rewards = load_rewards(&specs, reward_files, &device.device)?;
     let load_rewards_ms = ms(started);
@@ -231,6 +242,7 @@ pub fn optimize(args: &OptimizeArgs) -> Result<()> {
             "best_scores": best.scores,
             "stopped": finished.stopped,
             "device": device.describe(),
+            "peak_rss_mib": peak_rss_mib(),
             "ms": {"read": t.read, "load_pipeline": t.load, "load_rewards": load_rewards_ms,
                    "optimize": optimize_ms, "per_step": per_step},
         });
