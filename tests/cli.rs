@@ -614,6 +614,7 @@ fn optimize_refuses_what_it_cannot_do() {
     assert!(run(&clip, &["--method", "best-of-n", "--budget", "1"]).contains("needs at least"));
     assert!(run(&clip, &["--method", "carinox", "--budget", "5"]).contains("needs at least"));
     assert!(run(&clip, &["--method", "annealing"]).contains("annealing"));
+    assert!(run(&clip, &["--method", "pruned"]).contains("--proxy-decoder"));
     assert!(run(&clip, &["--iters", "0"]).contains("iterations"));
     assert!(run(&clip, &["--lr=-1"]).contains("lr"));
     assert!(run(&clip, &["--width", "44"]).contains("multiple of 8"));

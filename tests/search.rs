@@ -9,7 +9,7 @@ use common::*;
 use pollster::block_on;
 use tastebud_core::burn::tensor::{Device, Tensor, TensorData};
 use tastebud_core::noise::Noise;
-use tastebud_core::pipeline::Pipeline;
+use tastebud_core::pipeline::{LoadedDecoder, Pipeline};
 use tastebud_core::reno::{Flow, NoiseObjective, RenoConfig, reno};
 use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
 use tastebud_core::search::{FORWARD_COST, GRADIENT_COST, Method, search};
@@ -195,6 +195,67 @@ fn per_reward_gradients_add_up_to_the_combined_gradient() {
         .map(|(a, b)| a + b)
         .collect();
     assert_close("sum of per-reward gradients", &sum, &combined, 1e-4);
+}
+
+/// Pruning: every seed the budget allows through TAESD, then the best two by that proxy in
+/// full (VAE); only full scores win.
+#[test]
+fn pruning_scores_the_proxys_best_in_full() {
+    let cpu = tastebud_core::ComputeDevice::cpu().device;
+    let (pipeline, mut rewards) = setup(&cpu, true);
+    let taesd = LoadedDecoder::from_files(model_files("taesd"), None, &cpu).expect("taesd");
+    let pruning = objective(&pipeline, &mut rewards).with_proxy(&taesd);
+    let method = Method::Pruned {
+        keep: 2,
+        batch: 3,
+        proxy_cost: 0.25,
+    };
+    // (4 - 2 full passes) / 0.25 = 8 proxy passes.
+    let out = block_on(search(&pruning, &SHAPE, 30, &method, 4.0, &mut |_| {
+        Flow::Continue
+    }))
+    .expect("pruned search");
+    assert_eq!(out.steps.len(), 10);
+    assert_eq!(out.spent, 4.0);
+    let mut proxy: Vec<(f32, u64)> = out.steps[..8]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            assert_eq!(s.origin, format!("seed {} (proxy)", 30 + i));
+            assert!(s.proxy);
+            (s.reward_loss, 30 + i as u64)
+        })
+        .collect();
+    proxy.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(out.steps[8..].iter().all(|s| !s.proxy));
+    let finalists: Vec<String> = out.steps[8..].iter().map(|s| s.origin.clone()).collect();
+    assert_eq!(
+        finalists,
+        vec![
+            format!("seed {}", proxy[0].1),
+            format!("seed {}", proxy[1].1)
+        ]
+    );
+    let best = out.steps[8..]
+        .iter()
+        .min_by(|a, b| a.reward_loss.total_cmp(&b.reward_loss))
+        .expect("finalists");
+    assert_eq!(out.best_origin, best.origin);
+    let full = block_on(pruning.evaluate(&out.best_noise.values, false)).expect("eval");
+    assert_close(
+        "winner in full",
+        &[full.scores.loss],
+        &[out.best_scores.loss],
+        1e-5,
+    );
+
+    let (pipeline, mut rewards) = setup(&cpu, true);
+    let plain = objective(&pipeline, &mut rewards);
+    let err = block_on(search(&plain, &SHAPE, 0, &method, 4.0, &mut |_| {
+        Flow::Continue
+    }))
+    .expect_err("no proxy");
+    assert!(err.to_string().contains("proxy decoder"), "{err}");
 }
 
 /// SDXL-Turbo's Euler-ancestral steps draw extra noise: a batch of two noises gives each the

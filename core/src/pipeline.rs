@@ -555,7 +555,12 @@ impl Pipeline {
 
     /// Decodes latents to an image in about [-1, 1].
     pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
-        self.decoder.decode(latents, self.buffer_limit)
+        self.decode_with(&self.decoder, latents)
+    }
+
+    /// Decodes with another decoder for these latents (a cheap proxy such as TAESD).
+    pub fn decode_with(&self, decoder: &LoadedDecoder, latents: Tensor<4>) -> Tensor<4> {
+        decoder.decode(latents, self.buffer_limit)
     }
 
     /// The device the pipeline's weights live on.

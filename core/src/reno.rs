@@ -18,7 +18,7 @@ use burn::tensor::{Tensor, TensorData};
 use serde::Serialize;
 
 use crate::noise::Noise;
-use crate::pipeline::{Conditioning, Pipeline, RgbImage, to_rgb8};
+use crate::pipeline::{Conditioning, LoadedDecoder, Pipeline, RgbImage, to_rgb8};
 use crate::rewards::{ImageScores, RewardSet, RewardValues};
 use crate::{Error, Result, read_f32};
 
@@ -272,6 +272,8 @@ pub struct NoiseObjective<'a> {
     shape: [usize; 4],
     steps: usize,
     seed: u64,
+    /// A cheaper decoder for pruning candidates (see [`NoiseObjective::with_proxy`]).
+    proxy: Option<&'a LoadedDecoder>,
 }
 
 impl<'a> NoiseObjective<'a> {
@@ -312,7 +314,20 @@ impl<'a> NoiseObjective<'a> {
             shape,
             steps,
             seed,
+            proxy: None,
         })
+    }
+
+    /// Adds a cheap proxy decoder (e.g. TAESD) for [`NoiseObjective::evaluate_batch_proxy`].
+    pub fn with_proxy(self, decoder: &'a LoadedDecoder) -> Self {
+        Self {
+            proxy: Some(decoder),
+            ..self
+        }
+    }
+
+    pub fn has_proxy(&self) -> bool {
+        self.proxy.is_some()
     }
 
     /// Number of noise values.
@@ -327,6 +342,14 @@ impl<'a> NoiseObjective<'a> {
 
     /// Noises `[n, C, h, w]` (concatenated values) -> images -> reward values.
     fn forward(&self, x: Tensor<4>) -> Result<(Tensor<4>, RewardValues)> {
+        self.forward_with(&self.pipeline.decoder, x)
+    }
+
+    fn forward_with(
+        &self,
+        decoder: &LoadedDecoder,
+        x: Tensor<4>,
+    ) -> Result<(Tensor<4>, RewardValues)> {
         let latents = self.pipeline.denoise_tensor(
             &self.conditioning,
             x,
@@ -334,7 +357,7 @@ impl<'a> NoiseObjective<'a> {
             self.seed,
             &mut |_, _| {},
         )?;
-        let image = self.pipeline.decode(latents);
+        let image = self.pipeline.decode_with(decoder, latents);
         let values = self
             .rewards
             .evaluate((image.clone() / 2.0 + 0.5).clamp(0.0, 1.0))?;
@@ -400,6 +423,18 @@ impl<'a> NoiseObjective<'a> {
         }
         let x = self.upload(zs.concat(), zs.len());
         let (_, values) = self.forward(x)?;
+        self.rewards.read(values).await
+    }
+
+    /// [`NoiseObjective::evaluate_batch`] through the proxy decoder.
+    pub async fn evaluate_batch_proxy(&self, zs: &[Vec<f32>]) -> Result<Vec<ImageScores>> {
+        let proxy = self
+            .proxy
+            .ok_or_else(|| Error::argument("proxy", "no proxy decoder was given"))?;
+        if zs.iter().any(|z| z.len() != self.dimension()) {
+            return Err(Error::argument("noise", "a candidate has the wrong size"));
+        }
+        let (_, values) = self.forward_with(proxy, self.upload(zs.concat(), zs.len()))?;
         self.rewards.read(values).await
     }
 

@@ -1,6 +1,7 @@
 //! Exploration over noises, under one compute budget so methods compare at equal cost:
-//! best-of-N (batched), zero-order search around a pivot, and CARINOX (explore seeds, then
-//! ReNO from the best few with each reward's gradient clipped separately).
+//! best-of-N (batched), cheap-proxy pruning (many seeds through a cheap decoder, the best few in
+//! full), zero-order search around a pivot, and CARINOX (explore seeds, then ReNO from the best
+//! few with each reward's gradient clipped separately).
 //!
 //! Costs are counted in generator+reward forward passes: one image scored costs
 //! [`FORWARD_COST`], one with its gradient [`GRADIENT_COST`] (a backward pass is about two
@@ -25,6 +26,14 @@ pub enum Method {
     /// Rounds of `neighbours` candidates `sqrt(1 - step^2) * pivot + step * eps` (still unit
     /// Gaussian); the pivot moves to the best candidate when it beats it.
     ZeroOrder { neighbours: usize, step: f32 },
+    /// Cheap-proxy pruning: as many seeds as the budget allows scored through the objective's
+    /// proxy decoder (each costing `proxy_cost` forward passes), then the best `keep` of them
+    /// scored in full; only full scores can win.
+    Pruned {
+        keep: usize,
+        batch: usize,
+        proxy_cost: f32,
+    },
     /// `explore` seeds scored, then ReNO (per-reward clipping) from the best `seeds` of them,
     /// the rest of the budget split evenly between the runs.
     Carinox {
@@ -42,6 +51,8 @@ pub struct SearchStep {
     pub origin: String,
     pub rewards: Vec<f32>,
     pub reward_loss: f32,
+    /// Scored through the proxy decoder (pruning's cheap pass), so never the best.
+    pub proxy: bool,
     pub best_loss: f32,
     /// Budget spent so far, this step included.
     pub spent: f32,
@@ -88,6 +99,7 @@ impl Tracker<'_> {
         scores: &ImageScores,
         cost: f32,
         best_elsewhere: f32,
+        proxy: bool,
     ) -> Flow {
         self.spent += cost;
         let step = SearchStep {
@@ -95,6 +107,7 @@ impl Tracker<'_> {
             origin,
             rewards: scores.rewards.clone(),
             reward_loss: scores.loss,
+            proxy,
             best_loss: self.best_loss().min(best_elsewhere),
             spent: self.spent,
         };
@@ -112,7 +125,7 @@ impl Tracker<'_> {
     /// Records a scored noise; false when the caller asked to stop.
     fn record(&mut self, z: &[f32], origin: String, scores: &ImageScores, cost: f32) -> bool {
         self.offer(z, origin.clone(), scores);
-        self.observe(origin, scores, cost, f32::INFINITY) == Flow::Continue
+        self.observe(origin, scores, cost, f32::INFINITY, false) == Flow::Continue
     }
 
     fn finish(self) -> Result<SearchOutcome> {
@@ -149,15 +162,14 @@ fn too_small(method: &str, need: f32, budget: f32) -> Error {
     )
 }
 
-/// Scores the noises of `seeds` in batches of `batch`; returns (noise, seed, scores) of each.
+/// Scores the noises of `seeds` in full, in batches of `batch`; returns (noise, seed, loss).
 async fn score_seeds(
     objective: &NoiseObjective<'_>,
     shape: &[usize],
-    seeds: std::ops::Range<u64>,
+    seeds: &[u64],
     batch: usize,
     tracker: &mut Tracker<'_>,
 ) -> Result<Vec<(Vec<f32>, u64, f32)>> {
-    let seeds: Vec<u64> = seeds.collect();
     let mut scored = Vec::new();
     for chunk in seeds.chunks(batch.max(1)) {
         let zs: Vec<Vec<f32>> = chunk
@@ -206,7 +218,8 @@ pub async fn search(
             if n < 2 {
                 return Err(too_small("best-of-N", 2.0 * FORWARD_COST, budget));
             }
-            score_seeds(objective, shape, seed..seed + n, *batch, &mut tracker).await?;
+            let seeds: Vec<u64> = (seed..seed + n).collect();
+            score_seeds(objective, shape, &seeds, *batch, &mut tracker).await?;
         }
         Method::ZeroOrder { neighbours, step } => {
             if !(step.is_finite() && *step > 0.0 && *step < 1.0) {
@@ -262,6 +275,52 @@ pub async fn search(
                 }
             }
         }
+        Method::Pruned {
+            keep,
+            batch,
+            proxy_cost,
+        } => {
+            if !objective.has_proxy() {
+                return Err(Error::argument(
+                    "proxy",
+                    "pruning needs a proxy decoder (e.g. TAESD) for the cheap pass",
+                ));
+            }
+            if !(proxy_cost.is_finite() && *proxy_cost > 0.0) {
+                return Err(Error::argument(
+                    "proxy-cost",
+                    format!("{proxy_cost}: must be positive"),
+                ));
+            }
+            let keep = (*keep).max(1);
+            let candidates = ((budget - keep as f32 * FORWARD_COST) / proxy_cost).floor();
+            if candidates < (keep + 1) as f32 {
+                let need = (keep + 1) as f32 * proxy_cost + keep as f32 * FORWARD_COST;
+                return Err(too_small("proxy pruning", need, budget));
+            }
+            let seeds: Vec<u64> = (seed..seed + candidates as u64).collect();
+            let mut scored = Vec::new();
+            'proxy: for chunk in seeds.chunks((*batch).max(1)) {
+                let zs: Vec<Vec<f32>> = chunk
+                    .iter()
+                    .map(|&s| Noise::from_seed(s, shape).values)
+                    .collect();
+                let scores = objective.evaluate_batch_proxy(&zs).await?;
+                for (&s, score) in chunk.iter().zip(&scores) {
+                    let origin = format!("seed {s} (proxy)");
+                    let flow = tracker.observe(origin, score, *proxy_cost, f32::INFINITY, true);
+                    scored.push((s, score.loss));
+                    if flow == Flow::Stop {
+                        break 'proxy;
+                    }
+                }
+            }
+            scored.sort_by(|a, b| a.1.total_cmp(&b.1));
+            let finalists: Vec<u64> = scored.iter().take(keep).map(|(s, _)| *s).collect();
+            if tracker.stopped.is_none() {
+                score_seeds(objective, shape, &finalists, *batch, &mut tracker).await?;
+            }
+        }
         Method::Carinox {
             explore,
             seeds,
@@ -279,14 +338,8 @@ pub async fn search(
                     explore as f32 * FORWARD_COST + k as f32 * (per_iteration + FORWARD_COST);
                 return Err(too_small("CARINOX", need, budget));
             }
-            let mut scored = score_seeds(
-                objective,
-                shape,
-                seed..seed + explore as u64,
-                explore,
-                &mut tracker,
-            )
-            .await?;
+            let seeds: Vec<u64> = (seed..seed + explore as u64).collect();
+            let mut scored = score_seeds(objective, shape, &seeds, explore, &mut tracker).await?;
             scored.sort_by(|a, b| a.2.total_cmp(&b.2));
             let config = RenoConfig {
                 iterations: iterations as usize,
@@ -310,7 +363,7 @@ pub async fn search(
                         FORWARD_COST
                     };
                     let origin = format!("seed {start_seed} iteration {}", it.iteration);
-                    tracker.observe(origin, &scores_of(it, &weights), cost, it.best_loss)
+                    tracker.observe(origin, &scores_of(it, &weights), cost, it.best_loss, false)
                 })
                 .await?;
                 if let Some(best) = outcome.best() {

@@ -138,7 +138,7 @@ fn read_snapshot(folder: &Path, progress: &ProgressBar) -> Result<ModelFiles> {
     Ok(files)
 }
 
-fn read_groups(
+pub(crate) fn read_groups(
     folder: &Path,
     groups: &[Vec<String>],
     files: &mut ModelFiles,
