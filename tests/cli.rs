@@ -699,3 +699,61 @@ fn generated_pixels(args: &[&str]) -> Vec<u8> {
     assert!(out.status.success(), "{}", stderr(&out));
     png_pixels(&out_path)
 }
+
+/// Ctrl-C stops `optimize` after the current iteration and still writes the best so far.
+#[test]
+fn ctrl_c_stops_optimize_and_keeps_the_best() {
+    let dir = temp_png("ctrl-c-iterates");
+    let out_path = temp_png("ctrl-c.png");
+    let child = Command::new(env!("CARGO_BIN_EXE_tastebud"))
+        .args([
+            "optimize",
+            "--model",
+            &fixture("sd-turbo-tiny"),
+            "--prompt",
+            "a cat",
+            "--reward",
+            &format!("clip={}", fixture("clip-openai")),
+            "--iters",
+            "2000",
+            "--width",
+            "40",
+            "--height",
+            "48",
+            "--device",
+            "cpu",
+            "--json",
+            "--out",
+            &out_path.display().to_string(),
+            "--save-every",
+            "1",
+            &dir.display().to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !dir.join("iter-002.png").exists() {
+        assert!(started.elapsed().as_secs() < 120, "no iterate saved");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        json["stopped"]
+            .as_str()
+            .unwrap()
+            .contains("stopped by the caller"),
+        "{json}"
+    );
+    let done = json["iterations"].as_array().unwrap().len();
+    assert!((3..2000).contains(&done), "{done} iterations");
+    assert!(image::open(&out_path).is_ok());
+}

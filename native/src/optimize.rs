@@ -2,6 +2,7 @@
 //! noise (ReNO), with a progress bar or a JSON report of every iteration.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -123,6 +124,30 @@ fn extension_is(path: &std::path::Path, ext: &str) -> bool {
     path.extension().and_then(|e| e.to_str()) == Some(ext)
 }
 
+/// Set by the first Ctrl-C: the run stops after the current step and keeps its best so far.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// First Ctrl-C: stop gracefully; a second one: quit at once.
+fn catch_ctrl_c() {
+    let installed = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit now)");
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will quit without saving ({e})");
+    }
+}
+
+fn flow() -> Flow {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        Flow::Stop
+    } else {
+        Flow::Continue
+    }
+}
+
 pub fn optimize(args: &OptimizeArgs) -> Result<()> {
     if args.method != Method::Reno && args.save_every.is_some() {
         bail!("--save-every: only --method reno saves its iterates");
@@ -231,6 +256,7 @@ pub fn optimize(args: &OptimizeArgs) -> Result<()> {
         None => objective,
     };
 
+    catch_ctrl_c();
     let started = Instant::now();
     let finished = match &search_method {
         None => run_reno(args, &objective, noise, &config, &save_every)?,
@@ -356,7 +382,7 @@ fn run_reno(
                 return Flow::Stop;
             }
         }
-        Flow::Continue
+        flow()
     }))?;
     progress.finish_and_clear();
     if let Some(e) = save_error {
@@ -410,7 +436,7 @@ fn run_search(
                 "{}: loss {:.4} (best {:.4})",
                 step.origin, step.reward_loss, step.best_loss
             ));
-            Flow::Continue
+            flow()
         },
     ))?;
     progress.finish_and_clear();
