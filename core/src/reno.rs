@@ -418,12 +418,7 @@ impl<'a> NoiseObjective<'a> {
 
     /// Scores several noises in one batch (no gradient): one [`ImageScores`] each.
     pub async fn evaluate_batch(&self, zs: &[Vec<f32>]) -> Result<Vec<ImageScores>> {
-        if zs.iter().any(|z| z.len() != self.dimension()) {
-            return Err(Error::argument("noise", "a candidate has the wrong size"));
-        }
-        let x = self.upload(zs.concat(), zs.len());
-        let (_, values) = self.forward(x)?;
-        self.rewards.read(values).await
+        self.score_batch(&self.pipeline.decoder, zs).await
     }
 
     /// [`NoiseObjective::evaluate_batch`] through the proxy decoder.
@@ -431,10 +426,18 @@ impl<'a> NoiseObjective<'a> {
         let proxy = self
             .proxy
             .ok_or_else(|| Error::argument("proxy", "no proxy decoder was given"))?;
+        self.score_batch(proxy, zs).await
+    }
+
+    async fn score_batch(
+        &self,
+        decoder: &LoadedDecoder,
+        zs: &[Vec<f32>],
+    ) -> Result<Vec<ImageScores>> {
         if zs.iter().any(|z| z.len() != self.dimension()) {
             return Err(Error::argument("noise", "a candidate has the wrong size"));
         }
-        let (_, values) = self.forward_with(proxy, self.upload(zs.concat(), zs.len()))?;
+        let (_, values) = self.forward_with(decoder, self.upload(zs.concat(), zs.len()))?;
         self.rewards.read(values).await
     }
 

@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 use crate::noise::Noise;
-use crate::reno::{Flow, Iteration, NoiseObjective, RenoConfig, reno};
+use crate::reno::{Flow, NoiseObjective, RenoConfig, reno};
 use crate::rewards::ImageScores;
 use crate::{Error, Result};
 
@@ -146,15 +146,6 @@ impl Tracker<'_> {
     }
 }
 
-/// A ReNO iterate's scores, with the weighted total the set would report.
-fn scores_of(it: &Iteration, weights: &[f32]) -> ImageScores {
-    ImageScores {
-        rewards: it.rewards.clone(),
-        weighted_total: it.rewards.iter().zip(weights).map(|(r, w)| r * w).sum(),
-        loss: it.reward_loss,
-    }
-}
-
 fn too_small(method: &str, need: f32, budget: f32) -> Error {
     Error::argument(
         "budget",
@@ -162,12 +153,14 @@ fn too_small(method: &str, need: f32, budget: f32) -> Error {
     )
 }
 
-/// Scores the noises of `seeds` in full, in batches of `batch`; returns (noise, seed, loss).
+/// Scores the noises of `seeds` in batches of `batch`, in full or, with `proxy_cost`, through
+/// the proxy decoder (never eligible as the best); returns (noise, seed, loss) of each.
 async fn score_seeds(
     objective: &NoiseObjective<'_>,
     shape: &[usize],
     seeds: &[u64],
     batch: usize,
+    proxy_cost: Option<f32>,
     tracker: &mut Tracker<'_>,
 ) -> Result<Vec<(Vec<f32>, u64, f32)>> {
     let mut scored = Vec::new();
@@ -176,9 +169,18 @@ async fn score_seeds(
             .iter()
             .map(|&s| Noise::from_seed(s, shape).values)
             .collect();
-        let scores = objective.evaluate_batch(&zs).await?;
+        let scores = match proxy_cost {
+            Some(_) => objective.evaluate_batch_proxy(&zs).await?,
+            None => objective.evaluate_batch(&zs).await?,
+        };
         for ((z, &seed), s) in zs.into_iter().zip(chunk).zip(&scores) {
-            let go_on = tracker.record(&z, format!("seed {seed}"), s, FORWARD_COST);
+            let go_on = match proxy_cost {
+                Some(cost) => {
+                    let origin = format!("seed {seed} (proxy)");
+                    tracker.observe(origin, s, cost, f32::INFINITY, true) == Flow::Continue
+                }
+                None => tracker.record(&z, format!("seed {seed}"), s, FORWARD_COST),
+            };
             scored.push((z, seed, s.loss));
             if !go_on {
                 return Ok(scored);
@@ -219,7 +221,7 @@ pub async fn search(
                 return Err(too_small("best-of-N", 2.0 * FORWARD_COST, budget));
             }
             let seeds: Vec<u64> = (seed..seed + n).collect();
-            score_seeds(objective, shape, &seeds, *batch, &mut tracker).await?;
+            score_seeds(objective, shape, &seeds, *batch, None, &mut tracker).await?;
         }
         Method::ZeroOrder { neighbours, step } => {
             if !(step.is_finite() && *step > 0.0 && *step < 1.0) {
@@ -299,26 +301,19 @@ pub async fn search(
                 return Err(too_small("proxy pruning", need, budget));
             }
             let seeds: Vec<u64> = (seed..seed + candidates as u64).collect();
-            let mut scored = Vec::new();
-            'proxy: for chunk in seeds.chunks((*batch).max(1)) {
-                let zs: Vec<Vec<f32>> = chunk
-                    .iter()
-                    .map(|&s| Noise::from_seed(s, shape).values)
-                    .collect();
-                let scores = objective.evaluate_batch_proxy(&zs).await?;
-                for (&s, score) in chunk.iter().zip(&scores) {
-                    let origin = format!("seed {s} (proxy)");
-                    let flow = tracker.observe(origin, score, *proxy_cost, f32::INFINITY, true);
-                    scored.push((s, score.loss));
-                    if flow == Flow::Stop {
-                        break 'proxy;
-                    }
-                }
-            }
-            scored.sort_by(|a, b| a.1.total_cmp(&b.1));
-            let finalists: Vec<u64> = scored.iter().take(keep).map(|(s, _)| *s).collect();
+            let mut scored = score_seeds(
+                objective,
+                shape,
+                &seeds,
+                *batch,
+                Some(*proxy_cost),
+                &mut tracker,
+            )
+            .await?;
+            scored.sort_by(|a, b| a.2.total_cmp(&b.2));
+            let finalists: Vec<u64> = scored.iter().take(keep).map(|(_, s, _)| *s).collect();
             if tracker.stopped.is_none() {
-                score_seeds(objective, shape, &finalists, *batch, &mut tracker).await?;
+                score_seeds(objective, shape, &finalists, *batch, None, &mut tracker).await?;
             }
         }
         Method::Carinox {
@@ -339,7 +334,8 @@ pub async fn search(
                 return Err(too_small("CARINOX", need, budget));
             }
             let seeds: Vec<u64> = (seed..seed + explore as u64).collect();
-            let mut scored = score_seeds(objective, shape, &seeds, explore, &mut tracker).await?;
+            let mut scored =
+                score_seeds(objective, shape, &seeds, explore, None, &mut tracker).await?;
             scored.sort_by(|a, b| a.2.total_cmp(&b.2));
             let config = RenoConfig {
                 iterations: iterations as usize,
@@ -363,7 +359,13 @@ pub async fn search(
                         FORWARD_COST
                     };
                     let origin = format!("seed {start_seed} iteration {}", it.iteration);
-                    tracker.observe(origin, &scores_of(it, &weights), cost, it.best_loss, false)
+                    tracker.observe(
+                        origin,
+                        &ImageScores::new(it.rewards.clone(), &weights, it.reward_loss),
+                        cost,
+                        it.best_loss,
+                        false,
+                    )
                 })
                 .await?;
                 if let Some(best) = outcome.best() {
@@ -371,7 +373,7 @@ pub async fn search(
                     tracker.offer(
                         &outcome.best_noise.values,
                         origin,
-                        &scores_of(best, &weights),
+                        &ImageScores::new(best.rewards.clone(), &weights, best.reward_loss),
                     );
                 }
                 if let Some(why) = outcome.stopped {

@@ -389,11 +389,7 @@ fn run_reno(
         return Err(e);
     }
     let weights = objective.weights();
-    let scores = |it: &Iteration| ImageScores {
-        rewards: it.rewards.clone(),
-        weighted_total: it.rewards.iter().zip(&weights).map(|(r, w)| r * w).sum(),
-        loss: it.reward_loss,
-    };
+    let scores = |it: &Iteration| ImageScores::new(it.rewards.clone(), &weights, it.reward_loss);
     let start = outcome
         .trajectory
         .first()
@@ -446,11 +442,7 @@ fn run_search(
         .find(|s| !s.proxy)
         .context("no candidate was scored in full")?;
     let weights = objective.weights();
-    let start = ImageScores {
-        rewards: first.rewards.clone(),
-        weighted_total: first.rewards.iter().zip(&weights).map(|(r, w)| r * w).sum(),
-        loss: first.reward_loss,
-    };
+    let start = ImageScores::new(first.rewards.clone(), &weights, first.reward_loss);
     Ok(Finished {
         best_noise: outcome.best_noise,
         best_origin: outcome.best_origin,

@@ -16,7 +16,6 @@ Prints a markdown table for BENCHMARKS.md.
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -34,6 +33,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 from generate_bench import make_snapshot, make_taesd  # noqa: E402
 from make_fixtures import clip_vocab_and_merges  # noqa: E402
+from make_reno_fixtures import generator, run  # noqa: E402
 from make_reward_fixtures import differentiable_pixels, image_features, text_features, unit  # noqa: E402
 
 PROMPT = "a photo of a cat"
@@ -60,42 +60,21 @@ def make_clip_h(folder):
 
 
 def torch_run(snapshot, clip_folder, size, iterations, taesd):
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(snapshot, torch_dtype=torch.float32)
-    if taesd:
-        pipe.vae = diffusers.AutoencoderTiny.from_pretrained(taesd, torch_dtype=torch.float32)
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
-        m.eval().requires_grad_(False)
+    """The reference loop of make_reno_fixtures.py (`run`) on the full-size models."""
+    vae = diffusers.AutoencoderTiny.from_pretrained(taesd, torch_dtype=torch.float32) if taesd else None
+    generate, channels = generator(snapshot, PROMPT, vae)
     clip = CLIPModel.from_pretrained(clip_folder, torch_dtype=torch.float32).eval().requires_grad_(False)
     tok = CLIPTokenizer.from_pretrained(clip_folder)
-    scaling = getattr(pipe.vae.config, "scaling_factor", 1.0)
     with torch.no_grad():
-        context, _ = pipe.encode_prompt(PROMPT, "cpu", 1, False)
         text = unit(text_features(clip, **tok([PROMPT], return_tensors="pt")))
     scale = clip.logit_scale.exp()
 
-    def loss_of(z):
-        pipe.scheduler.set_timesteps(1)
-        latents = z * pipe.scheduler.init_noise_sigma
-        for t in pipe.scheduler.timesteps:
-            eps = pipe.unet(pipe.scheduler.scale_model_input(latents, t), t, encoder_hidden_states=context).sample
-            latents = pipe.scheduler.step(eps, t, latents).prev_sample
-        image = (pipe.vae.decode(latents / scaling).sample / 2 + 0.5).clamp(0, 1)
-        score = scale * (unit(image_features(clip, differentiable_pixels(image))) @ text.T)[0, 0]
-        return 0.01 * (100 - score)
+    def score(image):
+        return {"clip": scale * (unit(image_features(clip, differentiable_pixels(image))) @ text.T)[0, 0]}
 
-    z = torch.nn.Parameter(torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0)))
-    opt = torch.optim.SGD([z], lr=5.0, momentum=0.9, nesterov=True)
-    d = math.prod(z.shape[1:])
+    z0 = torch.randn(1, channels, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
-    for i in range(iterations):
-        opt.zero_grad()
-        loss = loss_of(z)
-        norm = torch.linalg.vector_norm(z)
-        total = loss + 0.01 * (0.5 * norm ** 2 - (d - 1) * torch.log(norm))
-        if i != iterations - 1:
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(z, 0.1)
-            opt.step()
+    run(generate, score, z0, "sgd", 5.0, iterations, 0.1, 0.01, weights={"clip": 0.01}, constants={"clip": 100.0})
     per_iteration = (time.perf_counter() - t0) * 1e3 / iterations
     return {"per_iteration_ms": per_iteration, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

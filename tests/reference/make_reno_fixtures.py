@@ -45,13 +45,17 @@ RUNS = {
 }
 
 
-def generator():
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(os.path.join(ROOT, "sd-turbo-tiny"))
+def generator(folder=os.path.join(ROOT, "sd-turbo-tiny"), prompt=PROMPT, vae=None):
+    """Unit noise -> image in [0, 1], differentiably: the snapshot's components (or `vae`) in
+    f32, the prompt encoded once without gradient. Also returns the latent channel count."""
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    if vae is not None:
+        pipe.vae = vae
     pipe.set_progress_bar_config(disable=True)
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.float().eval().requires_grad_(False)
     with torch.no_grad():
-        context, _ = pipe.encode_prompt(PROMPT, "cpu", 1, False)
+        context, _ = pipe.encode_prompt(prompt, "cpu", 1, False)
 
     def generate(z):
         pipe.scheduler.set_timesteps(1)
@@ -83,8 +87,10 @@ def rewards():
     return score
 
 
-def run(generate, score, z0, optimizer, lr, iterations, grad_clip, prior_weight):
-    """ReNO's training loop, recording each iteration."""
+def run(generate, score, z0, optimizer, lr, iterations, grad_clip, prior_weight, weights=WEIGHTS,
+        constants=CONSTANTS):
+    """ReNO's training loop, recording each iteration; `score(image)` gives a dict of rewards
+    keyed like `weights`."""
     latents = torch.nn.Parameter(z0.clone())
     if optimizer == "sgd":
         opt = torch.optim.SGD([latents], lr=lr, momentum=0.9, nesterov=True)
@@ -92,17 +98,17 @@ def run(generate, score, z0, optimizer, lr, iterations, grad_clip, prior_weight)
         opt = torch.optim.Adam([latents], lr=lr)
     d = math.prod(latents.shape[1:])
     best_loss, best_iteration, best_latents = math.inf, None, None
-    record = {k: [] for k in ("clip", "aesthetic", "reward_loss", "prior", "noise_norm", "grad_norm")}
+    record = {k: [] for k in (*weights, "reward_loss", "prior", "noise_norm", "grad_norm")}
     first_grad = None
     for iteration in range(iterations):
         opt.zero_grad()
         r = score(generate(latents))
-        total = sum(WEIGHTS[k] * (CONSTANTS[k] - r[k]) for k in WEIGHTS)
+        total = sum(weights[k] * (constants[k] - r[k]) for k in weights)
         reward_loss = total.item()
         norm = torch.linalg.vector_norm(latents).to(torch.float32)
         prior = prior_weight * (0.5 * norm ** 2 - (d - 1) * torch.log(norm))
         total = total + prior
-        for k in WEIGHTS:
+        for k in weights:
             record[k].append(r[k].item())
         record["reward_loss"].append(reward_loss)
         record["prior"].append(prior.item())

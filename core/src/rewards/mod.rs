@@ -173,6 +173,18 @@ pub struct ImageScores {
     pub loss: f32,
 }
 
+impl ImageScores {
+    /// Scores with their weighted total `sum w_i r_i`.
+    pub fn new(rewards: Vec<f32>, weights: &[f32], loss: f32) -> Self {
+        let weighted_total = rewards.iter().zip(weights).map(|(r, w)| r * w).sum();
+        Self {
+            rewards,
+            weighted_total,
+            loss,
+        }
+    }
+}
+
 /// A prompt's text side for every term, with what it was computed from.
 struct EncodedPrompt {
     prompt: String,
@@ -302,16 +314,8 @@ impl RewardSet {
             .enumerate()
             .map(|(i, &loss)| {
                 let rewards: Vec<f32> = per_term.iter().map(|v| v[i]).collect();
-                let weighted_total = rewards
-                    .iter()
-                    .zip(&self.terms)
-                    .map(|(r, t)| r * t.weight)
-                    .sum();
-                ImageScores {
-                    rewards,
-                    weighted_total,
-                    loss,
-                }
+                let weights: Vec<f32> = self.terms.iter().map(|t| t.weight).collect();
+                ImageScores::new(rewards, &weights, loss)
             })
             .collect())
     }
