@@ -1,5 +1,6 @@
-// Rewards in headless Chromium through the JS package: CLIPScore from a transformers folder,
-// HPSv2 from its published .pt and ImageReward from its ImageReward.pt folder, scored together
+// Every reward in headless Chromium through the JS package: CLIPScore and PickScore from
+// transformers folders, HPSv2 from its published .pt, the LAION aesthetic head (.pth) on a
+// CLIP, ImageReward from its ImageReward.pt folder and DINOv2 with a reference image, together
 // on WebGPU (SwiftShader) and on the CPU fallback; each equals the native CLI and the Python
 // references (tests/reference/make_reward_fixtures.py, make_imagereward_fixtures.py).
 //
@@ -13,12 +14,20 @@ import { assertClose, fixtures, referenceTensor, blankPage, useBrowser } from '.
 const tastebud = process.env.TASTEBUD_BIN;
 const PROMPT = 'a photo of a cat';
 const IMAGES = ['image0.png', 'image1.png'];
-// Reward kind, fixture folder, files not to fetch (the .pt is what HPSv2 publishes), weight,
-// the Python reference's file.
+// Reward kind, folders its files come from (first found wins), files not to fetch (the .pt is
+// what HPSv2 publishes), extra files handed over (DINOv2's reference image), weight, the CLI's
+// paths, the Python reference's file.
+const R = 'rewards/reference.safetensors';
 const REWARDS = [
-  ['clip', 'clip-openai', [], 0.01, 'rewards/reference.safetensors'],
-  ['hps', 'rewards/open-clip-tiny', ['open_clip_model.safetensors'], 5.0, 'rewards/reference.safetensors'],
-  ['imagereward', 'rewards/imagereward-tiny', [], 1.0, 'rewards/imagereward-tiny/reference.safetensors'],
+  ['clip', ['clip-openai'], [], [], 0.01, ['clip-openai'], R],
+  ['pickscore', ['clip-openclip'], [], [], 0.05, ['clip-openclip'], R],
+  ['hps', ['rewards/open-clip-tiny'], ['open_clip_model.safetensors'], [], 5.0,
+    ['rewards/open-clip-tiny/HPS_v2.1_compressed.pt'], R],
+  ['aesthetic', ['clip-openai', 'rewards/aesthetic-head'], [], [], 0.5,
+    ['rewards/aesthetic-head/sac+logos+ava1-l14-linearMSE.pth', 'clip-openai'], R],
+  ['imagereward', ['rewards/imagereward-tiny'], [], [], 1.0, ['rewards/imagereward-tiny'],
+    'rewards/imagereward-tiny/reference.safetensors'],
+  ['dino', ['rewards/dinov2-tiny'], [], ['image1.png'], 1.0, ['rewards/dinov2-tiny', 'image1.png'], R],
 ];
 
 const ctx = useBrowser({ needsCli: true });
@@ -30,13 +39,14 @@ async function scoreInBrowser(device) {
       const { default: init, Tastebud } = await import('/web/pkg/tastebud_web.js');
       await init();
       const tb = await Tastebud.create(device);
-      for (const [kind, folder, skip, weight] of rewards) {
+      const { stageFirst } = await import('/tests/browser/page.mjs');
+      for (const [kind, folders, skip, extra, weight] of rewards) {
         for (const name of Tastebud.reward_files(kind)) {
           if (skip.includes(name)) continue;
-          const r = await fetch(`/tests/fixtures/${folder}/${name}`);
-          if (r.ok) tb.add_file(name, new Uint8Array(await r.arrayBuffer()));
+          await stageFirst(tb, folders.map((f) => [name, `/tests/fixtures/${f}/${name}`]));
         }
-        tb.add_reward(kind, `/tests/fixtures/${folder}`, weight);
+        for (const name of extra) await stageFirst(tb, [[name, `/tests/fixtures/${name}`]]);
+        tb.add_reward(kind, `/tests/fixtures/${folders[0]}`, weight);
       }
       const bytes = [];
       for (const name of images) {
@@ -54,23 +64,22 @@ async function scoreInBrowser(device) {
 
 function native() {
   const args = ['score', '--prompt', PROMPT, '--device', 'cpu', '--json'];
-  for (const [kind, folder, , weight] of REWARDS) {
-    const where = kind === 'hps' ? `${folder}/HPS_v2.1_compressed.pt` : folder;
-    args.push('--reward', `${kind}=${path.join(fixtures, where)}:${weight}`);
+  for (const [kind, , , , weight, paths] of REWARDS) {
+    args.push('--reward', `${kind}=${paths.map((p) => path.join(fixtures, p)).join(',')}:${weight}`);
   }
   args.push(...IMAGES.map((n) => path.join(fixtures, n)));
   return JSON.parse(execFileSync(tastebud, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
 }
 
 for (const [device, backend] of [['gpu', 'wgpu'], ['cpu', 'flex']]) {
-  test(`CLIPScore + HPSv2 + ImageReward in the browser on ${device} match native and the Python references`, async () => {
+  test(`every reward in the browser on ${device} match native and the Python references`, async () => {
     const got = await scoreInBrowser(device);
     assert.ok(got.device.startsWith(backend), `ran on ${got.device}, wanted ${backend}`);
     assert.deepEqual(got.labels, REWARDS.map(([kind]) => kind));
     const cli = native();
     for (const [i, image] of IMAGES.entries()) {
       const s = got.scores[i];
-      for (const [r, [kind, , , , reference]] of REWARDS.entries()) {
+      for (const [r, [kind, , , , , , reference]] of REWARDS.entries()) {
         assertClose(s.rewards[r], cli.scores[i].rewards[kind], `${device} ${kind} ${image} vs native`);
         assertClose(s.rewards[r], referenceTensor(reference, `${kind}.file_scores`)[i], `${device} ${kind} ${image} vs Python`);
       }
