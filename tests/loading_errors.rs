@@ -222,3 +222,24 @@ fn bf16_weights_load_and_score_like_f32() {
     );
     assert!(a != b, "bf16 rounding should change the numbers a little");
 }
+
+/// A buffer the GPU cannot hold is reported, when the result is read, as a typed
+/// out-of-memory error that says how to need less; the device keeps working afterwards.
+#[test]
+fn device_out_of_memory_is_a_typed_error_with_levers() {
+    let gpu = devices().pop().expect("wgpu device");
+    let limit = gpu.max_buffer_bytes.expect("wgpu reports its buffer limit");
+    let elements = (limit / 4 + (1 << 20)) as usize;
+    let big = tastebud_core::burn::tensor::Tensor::<1>::ones([elements], &gpu.device);
+    let err = pollster::block_on(tastebud_core::read_f32(big.sum())).expect_err("too big");
+    assert!(matches!(err, Error::OutOfMemory(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("can't allocate buffer of size")
+            && text.contains("f16")
+            && text.contains("TAESD"),
+        "{text}"
+    );
+    let small = tensor(vec![1.0, 2.0], [2], &gpu.device);
+    assert_eq!(read(small.sum()), vec![3.0]);
+}

@@ -4,8 +4,8 @@
 use std::str::FromStr;
 use std::sync::Mutex;
 
-use burn::tensor::Device;
 use burn::tensor::wgpu::wgpu;
+use burn::tensor::{DType, Device, FloatDType};
 use serde::Serialize;
 
 use crate::{Error, Result};
@@ -32,6 +32,46 @@ impl FromStr for DeviceChoice {
                 argument: "--device".into(),
                 reason: format!("`{other}` is not one of auto, gpu, cpu"),
             }),
+        }
+    }
+}
+
+/// The float precision weights and activations are stored and computed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    /// Half the memory of f32 for weights and activations; normalisation statistics are still
+    /// accumulated in f32 (burn widens them). Needs `shader-f16` on wgpu.
+    F16,
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            other => Err(Error::argument(
+                "--dtype",
+                format!("`{other}` is not one of f32, f16"),
+            )),
+        }
+    }
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        }
+    }
+
+    fn dtype(self) -> FloatDType {
+        match self {
+            Self::F32 => FloatDType::F32,
+            Self::F16 => FloatDType::F16,
         }
     }
 }
@@ -92,7 +132,40 @@ impl ComputeDevice {
         }
     }
 
-    /// One line for logs: `wgpu: llvmpipe (LLVM 15) [Vulkan, Cpu]` or `flex (CPU)`.
+    /// The precision tensors on this device are created in.
+    pub fn precision(&self) -> Precision {
+        match self.device.settings().float_dtype {
+            FloatDType::F16 => Precision::F16,
+            _ => Precision::F32,
+        }
+    }
+
+    /// Makes every float tensor on this device (weights loaded from now on, inputs, results)
+    /// `precision`. burn fixes a device's precision at its first tensor, so call this before
+    /// loading anything; asking again for the precision it already has is fine.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if self.precision() == precision {
+            return Ok(());
+        }
+        let dtype = precision.dtype();
+        if !self.device.supports_dtype(DType::from(dtype)) {
+            return Err(Error::Unsupported(format!(
+                "{} on {}: the device cannot compute in it (WebGPU needs the \
+                 `shader-f16` feature); use f32",
+                precision.name(),
+                self.describe()
+            )));
+        }
+        match self.device.configure(dtype) {
+            Ok(()) => Ok(()),
+            // Another thread configured it the same way first.
+            Err(_) if self.precision() == precision => Ok(()),
+            Err(e) => Err(device_error(self.backend, &e.to_string())),
+        }
+    }
+
+    /// One line for logs: `wgpu: llvmpipe (LLVM 15) [Vulkan, Cpu]` or `flex (CPU)`, with
+    /// `, f16` when computing in half precision.
     pub fn describe(&self) -> String {
         let mut line = match &self.adapter {
             Some(a) if a.name.is_empty() => {
@@ -101,6 +174,9 @@ impl ComputeDevice {
             Some(a) => format!("wgpu: {} [{}, {}]", a.name, a.api, a.kind),
             None => "flex (CPU)".to_string(),
         };
+        if self.precision() == Precision::F16 {
+            line.push_str(" f16");
+        }
         if let Some(reason) = &self.reason {
             line.push_str(&format!(" ({reason})"));
         }

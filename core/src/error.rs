@@ -76,6 +76,15 @@ pub enum Error {
     #[error("reading results back from the device failed: {0}")]
     Readback(String),
 
+    /// The device had no memory left for a buffer (or one buffer exceeded what it can hold).
+    #[error(
+        "the device ran out of memory ({0}). To need less: compute in f16 (where the device \
+         supports it; it halves weights and activations), decode with TAESD instead of the \
+         full VAE, make the image smaller, score fewer candidates per batch, or turn on \
+         gradient checkpointing"
+    )]
+    OutOfMemory(String),
+
     /// A model or option that this build does not implement.
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -87,6 +96,29 @@ impl Error {
         Error::BadArgument {
             argument: argument.into(),
             reason: reason.into(),
+        }
+    }
+}
+
+impl Error {
+    /// A failed readback, told apart: the device's out-of-memory and buffer-too-big errors
+    /// become [`Error::OutOfMemory`], anything else [`Error::Readback`]. cubecl reports an
+    /// allocation failure at the next sync point, i.e. here, as text.
+    pub fn readback(error: impl std::fmt::Display) -> Self {
+        let text = error.to_string();
+        const MARKERS: [&str; 3] = [
+            "can't allocate buffer",
+            "out of device memory",
+            "out of memory",
+        ];
+        // The line that says what failed (the rest is context and a backtrace).
+        let cause = text.lines().map(str::trim).find(|l| {
+            let l = l.to_lowercase();
+            MARKERS.iter().any(|m| l.contains(m))
+        });
+        match cause {
+            Some(cause) => Error::OutOfMemory(cause.to_string()),
+            None => Error::Readback(text),
         }
     }
 }

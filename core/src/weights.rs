@@ -2,8 +2,9 @@
 //!
 //! Files are checked with the `safetensors` crate first (so a corrupt file or an integer tensor
 //! is an error, never a panic inside burn-store), then applied through burn-store with the
-//! PyTorch adapter (Linear weights transposed, norm weight/bias renamed) and a cast to f32:
-//! burn-store aborts on the CPU backend for f16 tensors that are not cast first.
+//! PyTorch adapter (Linear weights transposed, norm weight/bias renamed) and a cast to the
+//! device's float precision (f32, or f16 when configured): burn-store aborts on the CPU backend
+//! for tensors whose dtype differs from the module's.
 
 use std::collections::BTreeMap;
 
@@ -137,10 +138,15 @@ pub fn load_remapped<M: Module + ModuleSnapshot>(
             });
         }
     }
+    // Weights take the precision the module's device computes in (f32 unless configured f16).
+    let dtype: DType = module
+        .devices()
+        .first()
+        .map_or(DType::F32, |d| d.settings().float_dtype.into());
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
         .with_from_adapter(ChainAdapter::new(
             PyTorchToBurnAdapter,
-            FloatCastAdapter::to(DType::F32),
+            FloatCastAdapter::to(dtype),
         ))
         .allow_partial(true)
         .validate(false)

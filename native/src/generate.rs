@@ -25,9 +25,8 @@ pub struct ModelArgs {
     /// Another image decoder folder to use instead of the snapshot's VAE (e.g. TAESD).
     #[arg(long)]
     pub decoder: Option<PathBuf>,
-    /// Where to run: auto (a hardware GPU, else CPU), gpu (any wgpu adapter) or cpu.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: crate::DeviceArgs,
 }
 
 /// Where generation starts: noise, steps and size.

@@ -2,12 +2,16 @@
 
 mod generate;
 mod optimize;
+mod personalize;
 mod score;
 
+use std::panic::AssertUnwindSafe;
+use std::process::ExitCode;
+
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use tastebud_core::{ComputeDevice, DeviceChoice, device};
+use tastebud_core::{ComputeDevice, DeviceChoice, Precision, device};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +34,11 @@ enum Command {
     Score(score::ScoreArgs),
     /// Optimise the initial noise toward rewards (ReNO) and write the best image.
     Optimize(optimize::OptimizeArgs),
+    /// Learn one person's taste from their pairwise choices, and use it as a reward.
+    Personalize {
+        #[command(subcommand)]
+        command: personalize::PersonalizeCommand,
+    },
     /// List the devices Tastebud can run on.
     Devices {
         /// Print JSON instead of a table.
@@ -38,19 +47,69 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Generate(args) => generate::generate(&args),
         Command::Bench(args) => generate::bench(&args),
         Command::Score(args) => score::score(&args),
         Command::Optimize(args) => optimize::optimize(&args),
+        Command::Personalize { command } => personalize::run(&command),
         Command::Devices { json } => devices(json),
     }
 }
 
-pub(crate) fn open_device(choice: &str) -> Result<ComputeDevice> {
-    let choice: DeviceChoice = choice.parse()?;
-    let device = pollster::block_on(device::open(choice))?;
+/// The flags behind each way to need less memory, for an out-of-memory error.
+const MEMORY_FLAGS: &str = "flags: --dtype f16, --decoder <a TAESD folder>, smaller --width and \
+                            --height, a smaller --batch, --gradient-checkpointing";
+
+fn main() -> ExitCode {
+    let command = Cli::parse().command;
+    // Some device failures (an allocation the GPU refuses mid-launch) surface as panics in the
+    // backend rather than as errors: turn those into the same message as a reported one.
+    let result = match std::panic::catch_unwind(AssertUnwindSafe(|| run(command))) {
+        Ok(result) => result,
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            match tastebud_core::Error::readback(text) {
+                e @ tastebud_core::Error::OutOfMemory(_) => Err(e.into()),
+                _ => return ExitCode::from(101),
+            }
+        }
+    };
+    let Err(error) = result else {
+        return ExitCode::SUCCESS;
+    };
+    eprintln!("Error: {error:#}");
+    if matches!(
+        error.downcast_ref::<tastebud_core::Error>(),
+        Some(tastebud_core::Error::OutOfMemory(_))
+    ) {
+        eprintln!("({MEMORY_FLAGS})");
+    }
+    ExitCode::FAILURE
+}
+
+/// Where models run, and in what precision.
+#[derive(Args)]
+pub(crate) struct DeviceArgs {
+    /// Where to run: auto (a hardware GPU, else CPU), gpu (any wgpu adapter) or cpu.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Precision of weights and activations: f32, or f16 (half the memory; needs shader-f16
+    /// on a GPU; normalisation statistics stay f32).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+pub(crate) fn open_device(args: &DeviceArgs) -> Result<ComputeDevice> {
+    let choice: DeviceChoice = args.device.parse()?;
+    let precision: Precision = args.dtype.parse()?;
+    let mut device = pollster::block_on(device::open(choice))?;
+    device.set_precision(precision)?;
     eprintln!("device: {}", device.describe());
     Ok(device)
 }

@@ -24,9 +24,8 @@ pub struct ScoreArgs {
     /// The text to score the images against.
     #[arg(long)]
     prompt: String,
-    /// Where to run: auto (a hardware GPU, else CPU), gpu (any wgpu adapter) or cpu.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: crate::DeviceArgs,
     /// Cut prompts longer than the text encoders take instead of refusing them.
     #[arg(long)]
     truncate: bool,

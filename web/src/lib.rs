@@ -11,8 +11,11 @@ use tastebud_core::pipeline::{ModelIndex, Pipeline, Request, to_rgb8};
 use tastebud_core::preprocess::decode_rgb;
 use tastebud_core::reno::{Flow, NoiseObjective, RenoConfig, reno};
 use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
-use tastebud_core::{ComputeDevice, DeviceChoice, ModelFiles, device};
+use tastebud_core::{ComputeDevice, DeviceChoice, ModelFiles, Precision, device};
 use wasm_bindgen::prelude::*;
+
+mod personal;
+pub use personal::Head;
 
 /// A device, and the models loaded on it.
 #[wasm_bindgen]
@@ -96,17 +99,32 @@ impl Optimized {
     }
 }
 
-fn js(e: tastebud_core::Error) -> JsError {
+/// PNG/JPEG bytes from JS, decoded; errors name the image by index.
+fn decode_all(
+    images: &[js_sys::Uint8Array],
+) -> Result<Vec<tastebud_core::image::RgbImage>, JsError> {
+    images
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| decode_rgb(&format!("image {i}"), &bytes.to_vec()))
+        .collect::<tastebud_core::Result<Vec<_>>>()
+        .map_err(js)
+}
+
+pub(crate) fn js(e: tastebud_core::Error) -> JsError {
     JsError::new(&e.to_string())
 }
 
 #[wasm_bindgen]
 impl Tastebud {
-    /// Starts a device: `"auto"`, `"gpu"` (WebGPU) or `"cpu"`. Call once per page: browsers
-    /// allow one WebGPU runtime.
-    pub async fn create(device: String) -> Result<Tastebud, JsError> {
+    /// Starts a device: `"auto"`, `"gpu"` (WebGPU) or `"cpu"`, computing in `precision`
+    /// (`"f32"`, the default, or `"f16"`, which halves memory and needs the adapter's
+    /// `shader-f16`). Call once per page: browsers allow one WebGPU runtime.
+    pub async fn create(device: String, precision: Option<String>) -> Result<Tastebud, JsError> {
         let choice: DeviceChoice = device.parse().map_err(js)?;
+        let precision: Precision = precision.as_deref().unwrap_or("f32").parse().map_err(js)?;
         let mut device = device::open(choice).await.map_err(js)?;
+        device.set_precision(precision).map_err(js)?;
         // Autodiff everywhere, so ReNO can take gradients of the loaded models; weights are
         // frozen, so plain generation and scoring record no graph.
         device.device = device.device.clone().autodiff();
@@ -158,6 +176,20 @@ impl Tastebud {
         Ok(json!({"cosine": s.cosine, "logit": s.logit}).to_string())
     }
 
+    /// Unit image embeddings of PNG/JPEG images with the loaded CLIP (flat: `n * dimension`
+    /// values), what personal heads are fitted on.
+    pub async fn embed_images(&self, images: Vec<js_sys::Uint8Array>) -> Result<Vec<f32>, JsError> {
+        let clip = self
+            .clip
+            .as_ref()
+            .ok_or_else(|| JsError::new("no CLIP model loaded: call load_clip first"))?;
+        let decoded = decode_all(&images)?;
+        let rows = rewards::personal::embed_images(clip, &decoded)
+            .await
+            .map_err(js)?;
+        Ok(rows.concat())
+    }
+
     /// The file names a reward folder may hold (`kind`: clip, pickscore, hps, aesthetic); fetch
     /// those that exist and stage them with [`Tastebud::add_file`].
     pub fn reward_files(kind: String) -> Result<Vec<String>, JsError> {
@@ -202,12 +234,7 @@ impl Tastebud {
             .rewards
             .as_mut()
             .ok_or_else(|| JsError::new("no reward loaded: call add_reward first"))?;
-        let decoded = images
-            .iter()
-            .enumerate()
-            .map(|(i, bytes)| decode_rgb(&format!("image {i}"), &bytes.to_vec()))
-            .collect::<tastebud_core::Result<Vec<_>>>()
-            .map_err(js)?;
+        let decoded = decode_all(&images)?;
         set.set_prompt(&prompt, false).map_err(js)?;
         let values = set
             .evaluate_files(&decoded, &self.device.device)

@@ -10,6 +10,7 @@ pub mod aesthetic;
 pub mod clip_reward;
 pub mod dino;
 pub mod image_reward;
+pub mod personal;
 
 use burn::tensor::{Device, Tensor};
 use image::RgbImage;
@@ -35,16 +36,19 @@ pub enum RewardKind {
     ImageReward,
     /// DINOv2 similarity: mean cosine of class features to reference images.
     Dino,
+    /// A person's own head, fitted on their choices, over a CLIP's image embedding.
+    Personal,
 }
 
 impl RewardKind {
-    pub const ALL: [RewardKind; 6] = [
+    pub const ALL: [RewardKind; 7] = [
         Self::Clip,
         Self::PickScore,
         Self::Hps,
         Self::Aesthetic,
         Self::ImageReward,
         Self::Dino,
+        Self::Personal,
     ];
 
     pub fn parse(name: &str) -> Result<Self> {
@@ -55,6 +59,7 @@ impl RewardKind {
             "aesthetic" => Self::Aesthetic,
             "imagereward" => Self::ImageReward,
             "dino" | "dinov2" => Self::Dino,
+            "personal" => Self::Personal,
             other => {
                 let known: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
                 return Err(Error::argument(
@@ -73,12 +78,15 @@ impl RewardKind {
             Self::Aesthetic => "aesthetic",
             Self::ImageReward => "imagereward",
             Self::Dino => "dino",
+            Self::Personal => "personal",
         }
     }
 
-    /// ReNO's loss for this reward is `weight * (loss_constant - reward)`.
+    /// ReNO's loss for this reward is `weight * (loss_constant - reward)` (a personal head's
+    /// scale is its own: its loss is `-weight * reward`).
     pub fn loss_constant(self) -> f32 {
         match self {
+            Self::Personal => 0.0,
             Self::Clip => 100.0,
             Self::PickScore => 30.0,
             Self::Hps | Self::Dino => 1.0,
@@ -94,13 +102,8 @@ impl RewardKind {
             Self::PickScore => 0.05,
             Self::Hps => 5.0,
             Self::Aesthetic => 0.0,
-            Self::ImageReward | Self::Dino => 1.0,
+            Self::ImageReward | Self::Dino | Self::Personal => 1.0,
         }
-    }
-
-    /// Whether the reward reads the prompt.
-    pub fn uses_prompt(self) -> bool {
-        !matches!(self, Self::Aesthetic | Self::Dino)
     }
 }
 
@@ -127,6 +130,7 @@ pub fn files_wanted(kind: RewardKind) -> Vec<&'static str> {
         RewardKind::Aesthetic => aesthetic::files_wanted(),
         RewardKind::Dino => dino::files_wanted(),
         RewardKind::ImageReward => image_reward::files_wanted(),
+        RewardKind::Personal => personal::files_wanted(),
         _ => clip_reward::files_wanted(),
     }
 }
@@ -142,6 +146,9 @@ pub fn load(kind: RewardKind, files: ModelFiles, device: &Device) -> Result<Box<
         )?)),
         RewardKind::Dino => Ok(Box::new(dino::DinoReward::from_files(files, device)?)),
         RewardKind::ImageReward => Ok(Box::new(image_reward::ImageReward::from_files(
+            files, device,
+        )?)),
+        RewardKind::Personal => Ok(Box::new(personal::PersonalReward::from_files(
             files, device,
         )?)),
     }

@@ -122,13 +122,14 @@ impl ClipTextTransformer {
             TensorData::new(flat, [batch, seq]),
             &table.weight.device(),
         );
-        let tokens = table.forward(ids).to_device(device);
         let positions = self
             .embeddings
             .position_embedding
             .weight
             .val()
             .narrow(0, 0, seq);
+        // The table's backend computes in f32; the tower may compute in f16.
+        let tokens = table.forward(ids).to_device(device).cast(positions.dtype());
         let x = tokens + positions.unsqueeze_dim::<3>(0);
         self.encoder
             .forward(x, Some(causal_mask(seq, device)), Some(layers))

@@ -1,0 +1,710 @@
+//! `tastebud personalize`: record a person's pairwise choices, fit their reward head, ask the
+//! most useful next question, rank images by their taste, and benchmark the heads on simulated
+//! people. Everything stays in local files.
+//!
+//! Images may always be replaced by their embeddings: `.npy` (`[d]` or `[n, d]`) or `.json`
+//! (an array of vectors) files stand in for image files.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+use tastebud_core::burn::tensor::Device;
+use tastebud_core::models::clip::Clip;
+use tastebud_core::noise::Noise;
+use tastebud_core::personal::fit::{
+    FitConfig, HeadSettings, Pairs, PretrainConfig, fit_head, pretrain,
+};
+use tastebud_core::personal::heads::features;
+use tastebud_core::personal::simulate::{self, BenchConfig, World};
+use tastebud_core::personal::store::{Candidate, Choice, Limits, Preference, PreferenceStore};
+use tastebud_core::personal::{
+    HEAD_CONFIG, HEAD_WEIGHTS, HeadKind, HeadModel, PersonalHead, unit_rows,
+};
+use tastebud_core::preprocess::decode_rgb;
+use tastebud_core::rewards::clip_reward::load_clip;
+use tastebud_core::rewards::personal::{embed_images, embed_prompt};
+use tastebud_core::rewards::{self, RewardKind};
+use tastebud_core::{ComputeDevice, ModelFiles};
+
+use crate::DeviceArgs;
+
+#[derive(Subcommand)]
+pub enum PersonalizeCommand {
+    /// Add one answered pair to a preference file (created if missing).
+    Record(RecordArgs),
+    /// Merge other preference files into one (validated first; nothing changes on an error).
+    Import {
+        /// The file to merge into (created if missing).
+        #[arg(long)]
+        prefs: PathBuf,
+        /// Files to merge in.
+        #[arg(required = true)]
+        others: Vec<PathBuf>,
+    },
+    /// Learn a population base (PAL prototypes or VPL's encoder) from many people's files.
+    Pretrain(PretrainArgs),
+    /// Fit a person's head from their preference file.
+    Fit(FitArgs),
+    /// Which pair of candidates to ask about next (where the head is least sure).
+    Next(NextArgs),
+    /// Rank images (or embeddings) by a fitted head.
+    Rank(RankArgs),
+    /// Heads on simulated people: held-out accuracy after 5/10/20/50 answers, random vs active.
+    Bench(BenchArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ChoiceArg {
+    A,
+    B,
+    Tie,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum HeadArg {
+    Linear,
+    Mlp,
+    Pal,
+    Vpl,
+}
+
+impl HeadArg {
+    fn kind(self) -> HeadKind {
+        match self {
+            Self::Linear => HeadKind::Linear,
+            Self::Mlp => HeadKind::Mlp,
+            Self::Pal => HeadKind::Pal,
+            Self::Vpl => HeadKind::Vpl,
+        }
+    }
+}
+
+/// A CLIP for turning images (and prompts) into embeddings.
+#[derive(Args)]
+pub struct ClipArgs {
+    /// A CLIP folder (transformers or OpenCLIP layout) to embed images and prompts with.
+    #[arg(long)]
+    clip: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
+pub struct RecordArgs {
+    #[arg(long)]
+    prefs: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    /// The first image shown (or its embedding file).
+    #[arg(long)]
+    a: PathBuf,
+    /// The second image shown.
+    #[arg(long)]
+    b: PathBuf,
+    #[arg(long, value_enum)]
+    choice: ChoiceArg,
+    /// What made the images (e.g. stabilityai/sd-turbo).
+    #[arg(long)]
+    model: Option<String>,
+    /// Whose answer it is (population files for pretraining hold several people).
+    #[arg(long)]
+    user: Option<String>,
+    #[command(flatten)]
+    clip: ClipArgs,
+}
+
+#[derive(Args)]
+pub struct PretrainArgs {
+    /// Preference files; records without a `user` count as the file's one person.
+    #[arg(long, required = true, num_args = 1..)]
+    prefs: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "pal")]
+    head: HeadArg,
+    /// PAL's prototypes (K).
+    #[arg(long, default_value_t = 4)]
+    prototypes: usize,
+    /// VPL's latent size.
+    #[arg(long, default_value_t = 8)]
+    latent: usize,
+    #[arg(long, default_value_t = 600)]
+    steps: usize,
+    /// The base folder to write (head.json + head.safetensors).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct FitArgs {
+    #[arg(long)]
+    prefs: PathBuf,
+    #[arg(long, value_enum)]
+    head: HeadArg,
+    /// The population base PAL and VPL heads start from (`personalize pretrain`).
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// The head folder to write (head.json + head.safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Read the prompt too (records need prompt embeddings: record them with --clip).
+    #[arg(long)]
+    context: bool,
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    /// L2 penalty on the head's weights.
+    #[arg(long, default_value_t = 1e-3)]
+    l2: f32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct NextArgs {
+    #[arg(long)]
+    prefs: PathBuf,
+    /// A VPL head or base (the head that knows how unsure it is).
+    #[arg(long)]
+    head: PathBuf,
+    /// The images (or embedding files) to choose the pair from.
+    #[arg(long, required = true, num_args = 1..)]
+    candidates: Vec<PathBuf>,
+    /// Latent samples for the information estimate.
+    #[arg(long, default_value_t = 64)]
+    samples: usize,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    clip: ClipArgs,
+}
+
+#[derive(Args)]
+pub struct RankArgs {
+    #[arg(long)]
+    head: PathBuf,
+    /// The prompt, for heads that read it (needs --clip).
+    #[arg(long)]
+    prompt: Option<String>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    clip: ClipArgs,
+    /// Images or embedding files.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Test people per kind of utility.
+    #[arg(long, default_value_t = 10)]
+    users: usize,
+    /// Embedding dimension (768: CLIP ViT-L/14's).
+    #[arg(long, default_value_t = 768)]
+    dimension: usize,
+    /// People in the pretraining population.
+    #[arg(long, default_value_t = 240)]
+    population: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(command: &PersonalizeCommand) -> Result<()> {
+    match command {
+        PersonalizeCommand::Record(args) => record(args),
+        PersonalizeCommand::Import { prefs, others } => import(prefs, others),
+        PersonalizeCommand::Pretrain(args) => pretrain_base(args),
+        PersonalizeCommand::Fit(args) => fit(args),
+        PersonalizeCommand::Next(args) => next(args),
+        PersonalizeCommand::Rank(args) => rank(args),
+        PersonalizeCommand::Bench(args) => bench(args),
+    }
+}
+
+/// Heads are small: they train and score on the CPU backend.
+fn head_device() -> Device {
+    ComputeDevice::cpu().device.autodiff()
+}
+
+fn read_prefs(path: &Path) -> Result<PreferenceStore> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(PreferenceStore::from_json(
+        &path.display().to_string(),
+        &bytes,
+        &Limits::default(),
+    )?)
+}
+
+/// Writes through a temporary file and a rename, so a failed write never truncates the file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+fn load_clip_args(args: &ClipArgs) -> Result<Option<Clip>> {
+    let Some(dir) = &args.clip else {
+        return Ok(None);
+    };
+    let mut files = ModelFiles::new(dir.display().to_string());
+    for name in rewards::files_wanted(RewardKind::Clip) {
+        let path = dir.join(name);
+        if path.is_file() {
+            files.insert(
+                name,
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+            );
+        }
+    }
+    let device = crate::open_device(&args.device)?;
+    Ok(Some(load_clip(files, None, &device.device)?))
+}
+
+fn is_image(path: &Path) -> bool {
+    matches!(
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("png" | "jpg" | "jpeg")
+    )
+}
+
+/// Embedding vectors from a `.npy` (`[d]` or `[n, d]`) or `.json` (array of vectors) file.
+fn read_embedding_file(path: &Path) -> Result<Vec<Vec<f32>>> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).with_context(|| format!("reading {name}"))?;
+    let rows: Vec<Vec<f32>> = match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => {
+            let t = Noise::from_bytes(&name, &bytes)?;
+            match t.shape.as_slice() {
+                [d] => vec![t.values[..*d].to_vec()],
+                [_, d] if *d > 0 => t.values.chunks(*d).map(<[f32]>::to_vec).collect(),
+                other => bail!("{name}: shape {other:?}; expected [d] or [n, d]"),
+            }
+        }
+        Some("json") => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{name}: expected a JSON array of embedding vectors"))?,
+        _ => bail!("{name}: not an image (.png, .jpg) or embedding file (.npy, .json)"),
+    };
+    if let Some((i, _)) = rows
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.iter().any(|v| !v.is_finite()))
+    {
+        bail!("{name}: vector {i} has a value that is not finite");
+    }
+    Ok(rows)
+}
+
+/// Candidates as (label, embedding): images embedded with the CLIP, embedding files as they are.
+fn read_candidates(paths: &[PathBuf], clip: Option<&Clip>) -> Result<Vec<(String, Vec<f32>)>> {
+    let mut out = vec![];
+    for path in paths {
+        let name = path.display().to_string();
+        if is_image(path) {
+            let clip =
+                clip.with_context(|| format!("{name}: an image needs --clip to be embedded"))?;
+            let bytes = std::fs::read(path).with_context(|| format!("reading {name}"))?;
+            let image = decode_rgb(&name, &bytes)?;
+            let e = pollster::block_on(embed_images(clip, &[image]))?;
+            out.extend(e.into_iter().map(|e| (name.clone(), e)));
+        } else {
+            let rows = read_embedding_file(path)?;
+            let many = rows.len() > 1;
+            out.extend(rows.into_iter().enumerate().map(|(i, e)| {
+                (
+                    if many {
+                        format!("{name}#{i}")
+                    } else {
+                        name.clone()
+                    },
+                    e,
+                )
+            }));
+        }
+    }
+    Ok(out)
+}
+
+fn record(args: &RecordArgs) -> Result<()> {
+    let mut store = if args.prefs.exists() {
+        read_prefs(&args.prefs)?
+    } else {
+        PreferenceStore::new(args.clip.clip.as_ref().map(|c| c.display().to_string()))
+    };
+    let clip = load_clip_args(&args.clip)?;
+    let candidate = |path: &PathBuf| -> Result<Candidate> {
+        let image = is_image(path).then(|| path.display().to_string());
+        let embedding = match (&clip, image.is_some()) {
+            (None, true) => None,
+            _ => read_candidates(std::slice::from_ref(path), clip.as_ref())?
+                .pop()
+                .map(|(_, e)| e),
+        };
+        Ok(Candidate { image, embedding })
+    };
+    let (a, b) = (candidate(&args.a)?, candidate(&args.b)?);
+    let prompt_embedding = match &clip {
+        Some(c) => Some(pollster::block_on(embed_prompt(c, &args.prompt, true))?),
+        None => None,
+    };
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    store.push(Preference {
+        prompt: args.prompt.clone(),
+        a,
+        b,
+        choice: match args.choice {
+            ChoiceArg::A => Choice::A,
+            ChoiceArg::B => Choice::B,
+            ChoiceArg::Tie => Choice::Tie,
+        },
+        model: args.model.clone(),
+        timestamp,
+        user: args.user.clone(),
+        prompt_embedding,
+    })?;
+    write_atomic(&args.prefs, &store.to_json()?)?;
+    println!(
+        "{} records in {}",
+        store.records.len(),
+        args.prefs.display()
+    );
+    Ok(())
+}
+
+fn import(prefs: &Path, others: &[PathBuf]) -> Result<()> {
+    let mut store = if prefs.exists() {
+        read_prefs(prefs)?
+    } else {
+        PreferenceStore::default()
+    };
+    let mut added = 0;
+    for other in others {
+        let incoming = read_prefs(other)?;
+        added += store
+            .import(incoming)
+            .with_context(|| format!("importing {}", other.display()))?;
+    }
+    write_atomic(prefs, &store.to_json()?)?;
+    println!(
+        "added {added} records; {} in {}",
+        store.records.len(),
+        prefs.display()
+    );
+    Ok(())
+}
+
+fn save_head(head: &PersonalHead, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (json, weights) = head.to_files()?;
+    write_atomic(&dir.join(HEAD_WEIGHTS), &weights)?;
+    write_atomic(&dir.join(HEAD_CONFIG), &json)
+}
+
+fn load_head(dir: &Path, device: &Device) -> Result<PersonalHead> {
+    let mut files = ModelFiles::new(dir.display().to_string());
+    for name in [HEAD_CONFIG, HEAD_WEIGHTS] {
+        let path = dir.join(name);
+        if path.is_file() {
+            files.insert(
+                name,
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+            );
+        }
+    }
+    Ok(PersonalHead::from_files(&mut files, device)?)
+}
+
+fn pretrain_base(args: &PretrainArgs) -> Result<()> {
+    let mut all = PreferenceStore::default();
+    for path in &args.prefs {
+        let mut store = read_prefs(path)?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        for r in &mut store.records {
+            r.user.get_or_insert_with(|| stem.clone());
+        }
+        all.import(store)
+            .with_context(|| format!("merging {}", path.display()))?;
+    }
+    let pairs = Pairs::from_store(&all, false)?;
+    let config = PretrainConfig {
+        steps: args.steps,
+        prototypes: args.prototypes,
+        latent: args.latent,
+        ..PretrainConfig::default()
+    };
+    let started = Instant::now();
+    let mut head = pretrain(args.head.kind(), &pairs, &config, &head_device())?;
+    head.config.embedding_model = all.embedding_model.clone();
+    save_head(&head, &args.out)?;
+    println!(
+        "{} base from {} pairs of {} people in {:.1} s; wrote {}",
+        head.config.kind.name(),
+        pairs.len(),
+        pairs.user_names.len(),
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn fit(args: &FitArgs) -> Result<()> {
+    let store = read_prefs(&args.prefs)?;
+    let summary = store.summary();
+    let pairs = Pairs::from_store(&store, args.context)?;
+    let device = head_device();
+    let base = args
+        .base
+        .as_ref()
+        .map(|b| load_head(b, &device))
+        .transpose()?;
+    let settings = HeadSettings {
+        fit: FitConfig {
+            steps: args.steps,
+            lr: args.lr,
+            l2: args.l2,
+            seed: 0,
+        },
+        ..HeadSettings::new(args.head.kind())
+    };
+    let started = Instant::now();
+    let mut head = pollster::block_on(fit_head(&settings, base, &pairs, &device))?;
+    let fit_ms = started.elapsed().as_secs_f64() * 1e3;
+    head.config.embedding_model = head
+        .config
+        .embedding_model
+        .clone()
+        .or(store.embedding_model.clone());
+    save_head(&head, &args.out)?;
+    if args.json {
+        let out = json!({"head": head.config, "summary": summary, "fit_ms": fit_ms,
+                         "out": args.out.display().to_string()});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        if summary.contradictions > 0 {
+            eprintln!(
+                "note: {} pair(s) were answered both ways; the head weighs them as uncertain",
+                summary.contradictions
+            );
+        }
+        println!(
+            "{} head from {} pairs ({} ties) in {fit_ms:.0} ms; wrote {}",
+            head.config.kind.name(),
+            pairs.len(),
+            summary.ties,
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn next(args: &NextArgs) -> Result<()> {
+    let store = read_prefs(&args.prefs)?;
+    let clip = load_clip_args(&args.clip)?;
+    let candidates = read_candidates(&args.candidates, clip.as_ref())?;
+    if candidates.len() < 2 {
+        bail!(
+            "--candidates: {} given; a pair needs at least two",
+            candidates.len()
+        );
+    }
+    let device = head_device();
+    let head = load_head(&args.head, &device)?;
+    let HeadModel::Vpl(vpl) = head.model else {
+        bail!(
+            "--head {}: a {} head has no uncertainty to ask by; give a VPL head or base",
+            args.head.display(),
+            head.config.kind.name()
+        );
+    };
+    // The person's current posterior: their pairs encoded by the base.
+    let pairs = Pairs::from_store(&store, false)?;
+    let head = pollster::block_on(tastebud_core::personal::fit::fit_vpl(
+        vpl.model, &pairs, &device,
+    ))?;
+    let d = head.model.encoder.weight.dims()[0] / 2;
+    if let Some((label, e)) = candidates.iter().find(|(_, e)| e.len() != d) {
+        bail!(
+            "{label}: embedding of dimension {}; the head reads {d}",
+            e.len()
+        );
+    }
+    // Pairs already answered, by image name.
+    let index = |name: &Option<String>| {
+        name.as_ref()
+            .and_then(|n| candidates.iter().position(|(l, _)| l == n))
+    };
+    let asked: Vec<(usize, usize)> = store
+        .records
+        .iter()
+        .filter_map(|r| Some((index(&r.a.image)?, index(&r.b.image)?)))
+        .collect();
+    let phi = unit_rows(
+        candidates.iter().map(|(_, e)| e.as_slice()),
+        candidates.len(),
+        d,
+        &device,
+    );
+    let choice =
+        pollster::block_on(head.choose_pair(features(phi, None), &asked, args.samples, 0))?
+            .context("every pair of these candidates has been asked already")?;
+    let (a, b) = (&candidates[choice.first].0, &candidates[choice.second].0);
+    if args.json {
+        let out = json!({"a": a, "b": b, "information": choice.information, "p_a": choice.p_first,
+                         "answered": store.records.len()});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "ask: {a} vs {b} (expected information {:.3} nats; P({a} preferred) = {:.2})",
+            choice.information, choice.p_first
+        );
+    }
+    Ok(())
+}
+
+fn rank(args: &RankArgs) -> Result<()> {
+    let clip = load_clip_args(&args.clip)?;
+    let candidates = read_candidates(&args.images, clip.as_ref())?;
+    let device = head_device();
+    let head = load_head(&args.head, &device)?;
+    let context = match (&args.prompt, &clip, head.config.context) {
+        (Some(p), Some(c), true) => Some(pollster::block_on(embed_prompt(c, p, true))?),
+        (_, _, true) => bail!("this head reads the prompt: give --prompt and --clip"),
+        _ => None,
+    };
+    let vectors: Vec<Vec<f32>> = candidates.iter().map(|(_, e)| e.clone()).collect();
+    let scores = pollster::block_on(head.score_vectors(&vectors, context.as_deref(), &device))?;
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]));
+    if args.json {
+        let rows: Vec<_> = order
+            .iter()
+            .map(|&i| json!({"image": candidates[i].0, "score": scores[i]}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"ranking": rows}))?
+        );
+    } else {
+        for (rank, &i) in order.iter().enumerate() {
+            println!("{:>3}  {:>10.4}  {}", rank + 1, scores[i], candidates[i].0);
+        }
+    }
+    Ok(())
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    let config = BenchConfig {
+        users: args.users,
+        dimension: args.dimension,
+        population: args.population,
+        seed: args.seed,
+        ..BenchConfig::default()
+    };
+    let device = head_device();
+    let started = Instant::now();
+    let rows = pollster::block_on(simulate::bench(&config, &device, &mut |what| {
+        eprintln!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
+    }))?;
+    // Fit time for ~100 pairs, per head, on this machine.
+    let world = World::new(
+        config.dimension,
+        config.attributes,
+        config.tastes,
+        args.seed,
+    );
+    let one = simulate::population(&world, 1, 100, config.noise, args.seed + 9);
+    let pairs = Pairs::from_store(&one, false)?;
+    let population = simulate::population(&world, 60, 40, config.noise, args.seed + 10);
+    let population = Pairs::from_store(&population, false)?;
+    let mut fit_ms = vec![];
+    for kind in [
+        HeadKind::Linear,
+        HeadKind::Mlp,
+        HeadKind::Pal,
+        HeadKind::Vpl,
+    ] {
+        let base = match kind {
+            HeadKind::Pal | HeadKind::Vpl => Some(pretrain(
+                kind,
+                &population,
+                &PretrainConfig {
+                    steps: 20,
+                    ..config.pretrain.clone()
+                },
+                &device,
+            )?),
+            _ => None,
+        };
+        let started = Instant::now();
+        pollster::block_on(fit_head(
+            &HeadSettings {
+                fit: config.fit.clone(),
+                ..HeadSettings::new(kind)
+            },
+            base,
+            &pairs,
+            &device,
+        ))?;
+        fit_ms.push((kind, started.elapsed().as_secs_f64() * 1e3));
+    }
+    if args.json {
+        let out = json!({"config": config, "rows": rows, "fit_100_pairs_ms": fit_ms.iter()
+            .map(|(k, ms)| (k.name().to_string(), json!(ms))).collect::<serde_json::Map<_, _>>(),
+            "seconds": started.elapsed().as_secs_f64()});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "| people | head | pairs | {} |",
+        config
+            .answered
+            .iter()
+            .map(|n| format!("{n} answered"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|---|---|---|{}", "---|".repeat(config.answered.len()));
+    let mut keys: Vec<_> = rows.iter().map(|r| (r.kind, r.head, r.selection)).collect();
+    keys.dedup();
+    for (kind, head, selection) in keys {
+        let cells: Vec<String> = config
+            .answered
+            .iter()
+            .map(|&n| {
+                rows.iter()
+                    .find(|r| {
+                        r.kind == kind
+                            && r.head == head
+                            && r.selection == selection
+                            && r.answered == n
+                    })
+                    .map_or("-".into(), |r| format!("{:.1}%", 100.0 * r.accuracy))
+            })
+            .collect();
+        println!(
+            "| {} | {} | {selection} | {} |",
+            kind.name(),
+            head.name(),
+            cells.join(" | ")
+        );
+    }
+    println!();
+    for (kind, ms) in fit_ms {
+        println!("fit {} on 100 pairs: {ms:.0} ms", kind.name());
+    }
+    Ok(())
+}

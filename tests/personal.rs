@@ -1,0 +1,600 @@
+//! Personal heads against their PyTorch reference (tests/reference/make_personal_fixtures.py):
+//! the preference file written by Python, every head fitted from the same start (linear with and
+//! without the prompt, MLP, PAL pretraining and a person's mixture, VPL pretraining, a person's
+//! posterior and the BALD pick), head files that round-trip, and bad input.
+
+mod common;
+
+use common::*;
+use pollster::block_on;
+use serde_json::Value;
+use tastebud_core::ComputeDevice;
+use tastebud_core::burn::tensor::Device;
+use tastebud_core::personal::fit::{
+    FitConfig, HeadSettings, Pairs, PretrainConfig, fit_head, fit_linear, pretrain,
+};
+use tastebud_core::personal::heads::features;
+use tastebud_core::personal::store::{Limits, PreferenceStore};
+use tastebud_core::personal::{HeadConfig, HeadKind, HeadModel, PersonalHead, unit_rows};
+use tastebud_core::{Error, ModelFiles};
+
+const REFERENCE: &str = "personal/reference.safetensors";
+
+fn reference(name: &str) -> Vec<f32> {
+    reference_tensor_in(REFERENCE, name).0
+}
+
+fn settings() -> Value {
+    let bytes = std::fs::read(fixtures().join("personal/reference.json")).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn store() -> PreferenceStore {
+    let bytes = std::fs::read(fixtures().join("personal/pairs.json")).unwrap();
+    PreferenceStore::from_json("pairs.json", &bytes, &Limits::default()).unwrap()
+}
+
+fn person(u: usize) -> PreferenceStore {
+    let mut s = store();
+    s.records
+        .retain(|r| r.user.as_deref() == Some(&format!("person-{u}")));
+    s
+}
+
+fn device() -> Device {
+    ComputeDevice::cpu().device.autodiff()
+}
+
+fn fit_config() -> FitConfig {
+    let f = &settings()["fit"];
+    FitConfig {
+        steps: f["steps"].as_u64().unwrap() as usize,
+        lr: f["lr"].as_f64().unwrap(),
+        l2: f["l2"].as_f64().unwrap() as f32,
+        seed: 0,
+    }
+}
+
+fn pretrain_config() -> PretrainConfig {
+    let p = &settings()["pretrain"];
+    let n = |k: &str| p[k].as_u64().unwrap() as usize;
+    PretrainConfig {
+        steps: n("steps"),
+        lr: p["lr"].as_f64().unwrap(),
+        hidden: n("hidden"),
+        output: n("output"),
+        prototypes: n("prototypes"),
+        latent: n("latent"),
+        kl_weight: p["kl_weight"].as_f64().unwrap() as f32,
+        seed: p["seed"].as_u64().unwrap(),
+    }
+}
+
+fn probes() -> Vec<Vec<f32>> {
+    reference("probes").chunks(8).map(<[f32]>::to_vec).collect()
+}
+
+fn scores(head: &PersonalHead, context: bool) -> Vec<f32> {
+    let prompt = reference("probe_prompt");
+    block_on(head.score_vectors(&probes(), context.then_some(prompt.as_slice()), &device()))
+        .unwrap()
+}
+
+fn settings_for(kind: HeadKind) -> HeadSettings {
+    HeadSettings {
+        hidden: settings()["mlp"]["hidden"].as_u64().unwrap() as usize,
+        fit: FitConfig {
+            seed: settings()["mlp"]["seed"].as_u64().unwrap(),
+            ..fit_config()
+        },
+        ..HeadSettings::new(kind)
+    }
+}
+
+#[test]
+fn preference_file_from_python_reads_and_round_trips() {
+    let s = store();
+    let summary = s.summary();
+    assert_eq!(summary.records, 30);
+    assert_eq!(summary.ties, 1);
+    assert_eq!(summary.users, 3);
+    assert_eq!(summary.with_embeddings, 30);
+    assert_eq!(summary.dimension, Some(8));
+    assert_eq!(summary.contradictions, 0);
+    assert_eq!(s.embedding_model.as_deref(), Some("random-8d"));
+    let again =
+        PreferenceStore::from_json("again", &s.to_json().unwrap(), &Limits::default()).unwrap();
+    assert_eq!(again, s);
+}
+
+#[test]
+fn linear_heads_match_torch() {
+    for (name, context) in [("linear", false), ("linear_ctx", true)] {
+        let pairs = Pairs::from_store(&person(0), context).unwrap();
+        let head = fit_linear(&pairs, &fit_config(), &device()).unwrap();
+        assert_close(
+            &format!("{name} weight"),
+            &read(head.linear.weight.val()),
+            &reference(&format!("{name}.weight")),
+            1e-4,
+        );
+        let head = block_on(fit_head(
+            &HeadSettings {
+                fit: fit_config(),
+                ..HeadSettings::new(HeadKind::Linear)
+            },
+            None,
+            &pairs,
+            &device(),
+        ))
+        .unwrap();
+        assert_eq!(head.config.context, context);
+        assert_eq!(head.config.pairs, 10);
+        assert_close(
+            &format!("{name} scores"),
+            &scores(&head, context),
+            &reference(&format!("{name}.scores")),
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn mlp_head_matches_torch() {
+    let pairs = Pairs::from_store(&person(0), false).unwrap();
+    let head = block_on(fit_head(
+        &settings_for(HeadKind::Mlp),
+        None,
+        &pairs,
+        &device(),
+    ))
+    .unwrap();
+    assert_close(
+        "mlp scores",
+        &scores(&head, false),
+        &reference("mlp.scores"),
+        1e-4,
+    );
+}
+
+#[test]
+fn pal_pretraining_and_person_fit_match_torch() {
+    let all = Pairs::from_store(&store(), false).unwrap();
+    let base = pretrain(HeadKind::Pal, &all, &pretrain_config(), &device()).unwrap();
+    assert_eq!((base.config.prototypes, base.config.output), (2, 4));
+    assert_close(
+        "pal base scores",
+        &scores(&base, false),
+        &reference("pal_base.scores"),
+        1e-4,
+    );
+    let pairs = Pairs::from_store(&person(1), false).unwrap();
+    let head = block_on(fit_head(
+        &settings_for(HeadKind::Pal),
+        Some(base),
+        &pairs,
+        &device(),
+    ))
+    .unwrap();
+    let HeadModel::Pal(pal) = &head.model else {
+        panic!("pal")
+    };
+    assert_close(
+        "pal user logits",
+        &read(pal.user_logits.val()),
+        &reference("pal_user.user_logits"),
+        1e-4,
+    );
+    assert_close(
+        "pal user scores",
+        &scores(&head, false),
+        &reference("pal_user.scores"),
+        1e-4,
+    );
+}
+
+#[test]
+fn vpl_pretraining_posterior_and_bald_match_torch() {
+    let all = Pairs::from_store(&store(), false).unwrap();
+    let base = pretrain(HeadKind::Vpl, &all, &pretrain_config(), &device()).unwrap();
+    assert_close(
+        "vpl base scores",
+        &scores(&base, false),
+        &reference("vpl_base.scores"),
+        1e-4,
+    );
+    let pairs = Pairs::from_store(&person(2), false).unwrap();
+    let head = block_on(fit_head(
+        &settings_for(HeadKind::Vpl),
+        Some(base),
+        &pairs,
+        &device(),
+    ))
+    .unwrap();
+    let HeadModel::Vpl(vpl) = &head.model else {
+        panic!("vpl")
+    };
+    let posterior = block_on(vpl.posterior()).unwrap();
+    assert_close(
+        "vpl mean",
+        &posterior.mean,
+        &reference("vpl_user.user_mean"),
+        1e-4,
+    );
+    assert_close(
+        "vpl log var",
+        &posterior.log_var,
+        &reference("vpl_user.user_log_var"),
+        1e-4,
+    );
+    assert_close(
+        "vpl user scores",
+        &scores(&head, false),
+        &reference("vpl_user.scores"),
+        1e-4,
+    );
+
+    let b = &settings()["bald"];
+    let phi = features(
+        unit_rows(probes().iter().map(Vec::as_slice), 6, 8, &device()),
+        None,
+    );
+    let choice = block_on(vpl.choose_pair(
+        phi,
+        &[],
+        b["samples"].as_u64().unwrap() as usize,
+        b["seed"].as_u64().unwrap(),
+    ))
+    .unwrap()
+    .unwrap();
+    let want = &b["choice"];
+    assert_eq!(
+        (choice.first, choice.second),
+        (
+            want[0].as_u64().unwrap() as usize,
+            want[1].as_u64().unwrap() as usize
+        )
+    );
+    assert_close(
+        "bald information",
+        &[choice.information],
+        &[want[2].as_f64().unwrap() as f32],
+        1e-3,
+    );
+    assert_close(
+        "bald p",
+        &[choice.p_first],
+        &[want[3].as_f64().unwrap() as f32],
+        1e-4,
+    );
+}
+
+#[test]
+fn head_files_round_trip() {
+    let all = Pairs::from_store(&store(), false).unwrap();
+    let heads = vec![
+        block_on(fit_head(
+            &settings_for(HeadKind::Linear),
+            None,
+            &Pairs::from_store(&person(0), true).unwrap(),
+            &device(),
+        ))
+        .unwrap(),
+        block_on(fit_head(
+            &settings_for(HeadKind::Mlp),
+            None,
+            &all,
+            &device(),
+        ))
+        .unwrap(),
+        pretrain(HeadKind::Pal, &all, &pretrain_config(), &device()).unwrap(),
+        pretrain(HeadKind::Vpl, &all, &pretrain_config(), &device()).unwrap(),
+    ];
+    for head in heads {
+        let (json, weights) = head.to_files().unwrap();
+        let mut files = ModelFiles::new("head");
+        files.insert("head.json", json);
+        files.insert("head.safetensors", weights);
+        let loaded = PersonalHead::from_files(&mut files, &device()).unwrap();
+        assert_eq!(loaded.config, head.config);
+        let context = head.config.context;
+        assert_close(
+            head.config.kind.name(),
+            &scores(&loaded, context),
+            &scores(&head, context),
+            1e-6,
+        );
+    }
+}
+
+fn load_err(json: &str) -> String {
+    match PreferenceStore::from_json("prefs.json", json.as_bytes(), &Limits::default()) {
+        Ok(_) => panic!("{json} should be refused"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_preference_files_are_refused_by_name() {
+    let record = |a: &str| {
+        format!(
+            r#"{{"format":"tastebud-preferences","version":1,"records":[{{"prompt":"p","a":{a},"b":{{"embedding":[1,0]}},"choice":"a","timestamp":1}}]}}"#
+        )
+    };
+    let cases = [
+        ("not json", "not a preference file"),
+        (
+            r#"{"format":"other","version":1,"records":[]}"#,
+            "expected \"tastebud-preferences\"",
+        ),
+        (
+            r#"{"format":"tastebud-preferences","version":7,"records":[]}"#,
+            "newer Tastebud",
+        ),
+        (
+            &record(r#"{"embedding":[1,0,0]}"#),
+            "records[0].b.embedding: dimension 2",
+        ),
+        (
+            &record(r#"{}"#),
+            "records[0].a: needs an `image` or an `embedding`",
+        ),
+        (&record(r#"{"embedding":[1e999,0]}"#), ""),
+        (
+            &record(r#"{"embedding":[1,0],"colour":"red"}"#),
+            "unknown field `colour`",
+        ),
+    ];
+    for (json, expected) in cases {
+        let err = load_err(json);
+        assert!(
+            err.contains("prefs.json") && err.contains(expected),
+            "{json}: {err}"
+        );
+    }
+    let limits = Limits {
+        max_bytes: 100,
+        ..Limits::default()
+    };
+    let big = std::fs::read(fixtures().join("personal/pairs.json")).unwrap();
+    let err = PreferenceStore::from_json("big.json", &big, &limits).unwrap_err();
+    assert!(err.to_string().contains("over the 100 byte limit"), "{err}");
+}
+
+#[test]
+fn failed_import_changes_nothing() {
+    let mut s = person(0);
+    let before = s.clone();
+    let mut other = person(1);
+    other.embedding_model = Some("another-clip".into());
+    let err = s.import(other).unwrap_err();
+    assert!(err.to_string().contains("another-clip"), "{err}");
+    assert_eq!(s, before);
+    let mut wrong = person(1);
+    for r in &mut wrong.records {
+        r.a.embedding = Some(vec![1.0; 4]);
+        r.b.embedding = Some(vec![1.0; 4]);
+        r.prompt_embedding = None;
+    }
+    wrong.embedding_model = None;
+    assert!(s.import(wrong).is_err());
+    assert_eq!(s, before);
+    // Importing the same records twice adds them once.
+    assert_eq!(s.import(person(1)).unwrap(), 10);
+    assert_eq!(s.import(person(1)).unwrap(), 0);
+    assert_eq!(s.records.len(), 20);
+}
+
+#[test]
+fn too_few_pairs_ties_and_wrong_dimensions_are_explained() {
+    let mut one = person(0);
+    one.records.truncate(1);
+    let pairs = Pairs::from_store(&one, false).unwrap();
+    let err = block_on(fit_head(
+        &settings_for(HeadKind::Linear),
+        None,
+        &pairs,
+        &device(),
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("needs at least 2"), "{err}");
+
+    let mut ties = person(0);
+    ties.records
+        .iter_mut()
+        .for_each(|r| r.choice = tastebud_core::personal::store::Choice::Tie);
+    let err = block_on(fit_head(
+        &settings_for(HeadKind::Linear),
+        None,
+        &Pairs::from_store(&ties, false).unwrap(),
+        &device(),
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("every answer is a tie"), "{err}");
+
+    // PAL and VPL need a base; with no answers they fall back to it.
+    let all = Pairs::from_store(&store(), false).unwrap();
+    let err = block_on(fit_head(
+        &settings_for(HeadKind::Pal),
+        None,
+        &all,
+        &device(),
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("personalize pretrain --head pal"),
+        "{err}"
+    );
+    let base = pretrain(HeadKind::Vpl, &all, &pretrain_config(), &device()).unwrap();
+    let base_scores = scores(&base, false);
+    let empty = Pairs::from_store(&PreferenceStore::default(), false).unwrap();
+    let prior = block_on(fit_head(
+        &settings_for(HeadKind::Vpl),
+        Some(base),
+        &empty,
+        &device(),
+    ))
+    .unwrap();
+    assert_close("prior", &scores(&prior, false), &base_scores, 1e-6);
+
+    // Embeddings of another dimension than the head's.
+    let head = block_on(fit_head(
+        &settings_for(HeadKind::Linear),
+        None,
+        &Pairs::from_store(&person(0), false).unwrap(),
+        &device(),
+    ))
+    .unwrap();
+    let err = block_on(head.score_vectors(&[vec![1.0; 5]], None, &device())).unwrap_err();
+    assert!(
+        matches!(err, Error::BadArgument { .. }) && err.to_string().contains("this head reads 8"),
+        "{err}"
+    );
+    let base = pretrain(HeadKind::Pal, &all, &pretrain_config(), &device()).unwrap();
+    let mut wide = person(0);
+    for r in &mut wide.records {
+        r.a.embedding = Some(vec![0.5; 9]);
+        r.b.embedding = Some(vec![0.25; 9]);
+        r.prompt_embedding = None;
+    }
+    let err = block_on(fit_head(
+        &settings_for(HeadKind::Pal),
+        Some(base),
+        &Pairs::from_store(&wide, false).unwrap(),
+        &device(),
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("dimension 9"), "{err}");
+}
+
+#[test]
+fn corrupt_head_files_are_named() {
+    let mut config = HeadConfig::new(HeadKind::Linear, 8, false);
+    let head = block_on(fit_head(
+        &settings_for(HeadKind::Linear),
+        None,
+        &Pairs::from_store(&person(0), false).unwrap(),
+        &device(),
+    ))
+    .unwrap();
+    let (_, weights) = head.to_files().unwrap();
+    config.dimension = 9;
+    let mut files = ModelFiles::new("head");
+    files.insert("head.json", serde_json::to_vec(&config).unwrap());
+    files.insert("head.safetensors", weights.clone());
+    let err = PersonalHead::from_files(&mut files, &device()).unwrap_err();
+    assert!(
+        err.to_string().contains("head/head.safetensors")
+            && err.to_string().contains("linear.weight"),
+        "{err}"
+    );
+    let mut files = ModelFiles::new("head");
+    files.insert("head.json", b"{\"format\":\"tastebud-head\"}".to_vec());
+    files.insert("head.safetensors", weights);
+    let err = PersonalHead::from_files(&mut files, &device()).unwrap_err();
+    assert!(err.to_string().contains("head/head.json"), "{err}");
+}
+
+/// A linear head fitted to a simulated person's answers about tiny SD-Turbo images, used as the
+/// reward in ReNO, raises that person's hidden utility (a direction in the CLIP embedding
+/// space the head never sees).
+#[test]
+fn a_fitted_head_steers_reno_toward_the_hidden_taste() {
+    use tastebud_core::noise::{Noise, Rng};
+    use tastebud_core::pipeline::{Pipeline, Request};
+    use tastebud_core::reno::{Flow, NoiseObjective, RenoConfig, reno};
+    use tastebud_core::rewards::clip_reward::load_clip;
+    use tastebud_core::rewards::personal::{PersonalReward, embed_images};
+    use tastebud_core::rewards::{RewardSet, RewardTerm};
+
+    const PROMPT: &str = "a photo of a cat";
+    let device = device();
+    let pipeline = Pipeline::from_files(snapshot_files("sd-turbo-tiny"), &device).unwrap();
+    let clip = load_clip(model_files("clip-openai"), None, &device).unwrap();
+    let embed = |noise: Noise| -> Vec<f32> {
+        let request = Request {
+            prompt: PROMPT.into(),
+            noise: Some(noise),
+            seed: 0,
+            steps: 1,
+            height: Some(48),
+            width: Some(40),
+        };
+        let image = block_on(pipeline.generate(&request)).unwrap();
+        let rgb = image::RgbImage::from_raw(40, 48, image.pixels).unwrap();
+        block_on(embed_images(&clip, &[rgb])).unwrap().remove(0)
+    };
+    let shape = [1, 4, 6, 5];
+    let images: Vec<Vec<f32>> = (0..24)
+        .map(|s| embed(Noise::from_seed(s, &shape)))
+        .collect();
+    let mut rng = Rng::new(11);
+    let taste: Vec<f32> = {
+        let t = rng.gaussian(16);
+        let n = t.iter().map(|v| v * v).sum::<f32>().sqrt();
+        t.iter().map(|v| v / n).collect()
+    };
+    let utility = |e: &[f32]| e.iter().zip(&taste).map(|(a, b)| a * b).sum::<f32>();
+
+    let mut answers = PreferenceStore::default();
+    for _ in 0..40 {
+        let (i, j) = (rng.below(24), rng.below(24));
+        if i == j {
+            continue;
+        }
+        let choice = if utility(&images[i]) > utility(&images[j]) {
+            tastebud_core::personal::store::Choice::A
+        } else {
+            tastebud_core::personal::store::Choice::B
+        };
+        answers
+            .records
+            .push(tastebud_core::personal::simulate::record(
+                &images[i], &images[j], choice, None,
+            ));
+    }
+    let pairs = Pairs::from_store(&answers, false).unwrap();
+    let head = block_on(fit_head(
+        &HeadSettings::new(HeadKind::Linear),
+        None,
+        &pairs,
+        &device,
+    ))
+    .unwrap();
+
+    let reward = PersonalReward {
+        clip: load_clip(model_files("clip-openai"), None, &device).unwrap(),
+        head,
+    };
+    let mut set = RewardSet::new(vec![RewardTerm {
+        label: "personal".into(),
+        reward: Box::new(reward),
+        weight: 1.0,
+    }])
+    .unwrap();
+    let objective = NoiseObjective::new(&pipeline, &mut set, PROMPT, &shape, 1, 0).unwrap();
+    let start = Noise::from_seed(100, &shape);
+    let config = RenoConfig {
+        iterations: 15,
+        ..RenoConfig::default()
+    };
+    let out = block_on(reno(&objective, start.clone(), &config, &mut |_, _| {
+        Flow::Continue
+    }))
+    .unwrap();
+    let t = &out.trajectory;
+    assert!(
+        t[out.best_iteration].rewards[0] > t[0].rewards[0],
+        "the head's own score rises"
+    );
+    let spread = {
+        let u: Vec<f32> = images.iter().map(|e| utility(e)).collect();
+        u.iter().cloned().fold(f32::MIN, f32::max) - u.iter().cloned().fold(f32::MAX, f32::min)
+    };
+    let (before, after) = (utility(&embed(start)), utility(&embed(out.best_noise)));
+    eprintln!("hidden utility {before} -> {after} (spread over 24 seeds {spread})");
+    assert!(
+        after > before + 0.1 * spread,
+        "hidden utility {before} -> {after} (spread {spread})"
+    );
+}
