@@ -185,33 +185,39 @@ fn a_vpl_base_picks_the_next_pair() {
     let next: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_ne!(next["a"], next["b"]);
     assert!(next["information"].as_f64().unwrap() >= 0.0);
-    // A linear head knows no uncertainty: `next` says what it needs.
-    let head = s(&dir.join("linear"));
-    ok(&[
-        "personalize",
-        "fit",
-        "--prefs",
-        &mine,
-        "--head",
-        "linear",
-        "--out",
-        &head,
-    ]);
-    let out = tastebud(&[
-        "personalize",
-        "next",
-        "--prefs",
-        &mine,
-        "--head",
-        &head,
-        "--candidates",
-        &probes(&dir),
-    ]);
-    assert!(
-        stderr(&out).contains("give a VPL head or base"),
-        "{}",
-        stderr(&out)
-    );
+    // A linear head asks by its Laplace posterior; an MLP head knows no uncertainty.
+    for (kind, works) in [("linear", true), ("mlp", false)] {
+        let head = s(&dir.join(kind));
+        ok(&[
+            "personalize",
+            "fit",
+            "--prefs",
+            &mine,
+            "--head",
+            kind,
+            "--out",
+            &head,
+        ]);
+        let out = tastebud(&[
+            "personalize",
+            "next",
+            "--prefs",
+            &mine,
+            "--head",
+            &head,
+            "--candidates",
+            &probes(&dir),
+            "--json",
+        ]);
+        assert_eq!(out.status.success(), works, "{kind}: {}", stderr(&out));
+        if !works {
+            assert!(
+                stderr(&out).contains("no uncertainty to ask by"),
+                "{}",
+                stderr(&out)
+            );
+        }
+    }
     // PAL from the same population, then a person's mixture on it.
     let pal = s(&dir.join("pal"));
     ok(&[

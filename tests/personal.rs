@@ -10,6 +10,7 @@ use pollster::block_on;
 use serde_json::Value;
 use tastebud_core::ComputeDevice;
 use tastebud_core::burn::tensor::Device;
+use tastebud_core::personal::active::choose_next;
 use tastebud_core::personal::fit::{
     FitConfig, HeadSettings, Pairs, PretrainConfig, fit_head, fit_linear, pretrain,
 };
@@ -266,6 +267,89 @@ fn vpl_pretraining_posterior_and_bald_match_torch() {
         &[choice.p_first],
         &[want[3].as_f64().unwrap() as f32],
         1e-4,
+    );
+}
+
+/// The linear head's Laplace posterior picks the pair PyTorch's explicit inverse picks.
+#[test]
+fn linear_laplace_bald_matches_torch() {
+    let pairs = Pairs::from_store(&person(0), false).unwrap();
+    let linear = HeadSettings {
+        fit: fit_config(),
+        ..HeadSettings::new(HeadKind::Linear)
+    };
+    let head = block_on(fit_head(&linear, None, &pairs, &device())).unwrap();
+    let b = &settings()["bald"];
+    let choice = block_on(choose_next(
+        &head,
+        &pairs,
+        &probes(),
+        None,
+        &[],
+        fit_config().l2,
+        b["samples"].as_u64().unwrap() as usize,
+        b["seed"].as_u64().unwrap(),
+        &device(),
+    ))
+    .unwrap()
+    .unwrap();
+    let want = &settings()["laplace_choice"];
+    assert_eq!(
+        (choice.first, choice.second),
+        (
+            want[0].as_u64().unwrap() as usize,
+            want[1].as_u64().unwrap() as usize
+        )
+    );
+    assert_close(
+        "information",
+        &[choice.information],
+        &[want[2].as_f64().unwrap() as f32],
+        1e-4,
+    );
+    assert_close(
+        "p",
+        &[choice.p_first],
+        &[want[3].as_f64().unwrap() as f32],
+        1e-4,
+    );
+    // Asked pairs are skipped; an MLP head has no posterior to ask by.
+    let again = block_on(choose_next(
+        &head,
+        &pairs,
+        &probes(),
+        None,
+        &[(choice.second, choice.first)],
+        1e-3,
+        16,
+        7,
+        &device(),
+    ))
+    .unwrap()
+    .unwrap();
+    assert_ne!((again.first, again.second), (choice.first, choice.second));
+    let mlp = block_on(fit_head(
+        &settings_for(HeadKind::Mlp),
+        None,
+        &pairs,
+        &device(),
+    ))
+    .unwrap();
+    let err = block_on(choose_next(
+        &mlp,
+        &pairs,
+        &probes(),
+        None,
+        &[],
+        1e-3,
+        16,
+        7,
+        &device(),
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("no uncertainty to ask by"),
+        "{err}"
     );
 }
 

@@ -14,15 +14,13 @@ use serde_json::json;
 use tastebud_core::burn::tensor::Device;
 use tastebud_core::models::clip::Clip;
 use tastebud_core::noise::Noise;
+use tastebud_core::personal::active::choose_next;
 use tastebud_core::personal::fit::{
     FitConfig, HeadSettings, Pairs, PretrainConfig, fit_head, pretrain,
 };
-use tastebud_core::personal::heads::features;
 use tastebud_core::personal::simulate::{self, BenchConfig, World};
 use tastebud_core::personal::store::{Candidate, Choice, Limits, Preference, PreferenceStore};
-use tastebud_core::personal::{
-    HEAD_CONFIG, HEAD_WEIGHTS, HeadKind, HeadModel, PersonalHead, unit_rows,
-};
+use tastebud_core::personal::{HEAD_CONFIG, HEAD_WEIGHTS, HeadKind, PersonalHead};
 use tastebud_core::preprocess::decode_rgb;
 use tastebud_core::rewards::clip_reward::load_clip;
 use tastebud_core::rewards::personal::{embed_images, embed_prompt};
@@ -167,13 +165,20 @@ pub struct FitArgs {
 pub struct NextArgs {
     #[arg(long)]
     prefs: PathBuf,
-    /// A VPL head or base (the head that knows how unsure it is).
+    /// The person's linear head (its Laplace posterior says how unsure it is), or a VPL head
+    /// or base (its latent posterior for their answers does).
     #[arg(long)]
     head: PathBuf,
+    /// The prompt, for heads that read it (needs --clip).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// The L2 penalty the linear head was fitted with.
+    #[arg(long, default_value_t = 1e-3)]
+    l2: f32,
     /// The images (or embedding files) to choose the pair from.
     #[arg(long, required = true, num_args = 1..)]
     candidates: Vec<PathBuf>,
-    /// Latent samples for the information estimate.
+    /// Samples of the head's uncertainty for the information estimate.
     #[arg(long, default_value_t = 64)]
     samples: usize,
     #[arg(long)]
@@ -523,25 +528,8 @@ fn next(args: &NextArgs) -> Result<()> {
     }
     let device = head_device();
     let head = load_head(&args.head, &device)?;
-    let HeadModel::Vpl(vpl) = head.model else {
-        bail!(
-            "--head {}: a {} head has no uncertainty to ask by; give a VPL head or base",
-            args.head.display(),
-            head.config.kind.name()
-        );
-    };
-    // The person's current posterior: their pairs encoded by the base.
-    let pairs = Pairs::from_store(&store, false)?;
-    let head = pollster::block_on(tastebud_core::personal::fit::fit_vpl(
-        vpl.model, &pairs, &device,
-    ))?;
-    let d = head.model.encoder.weight.dims()[0] / 2;
-    if let Some((label, e)) = candidates.iter().find(|(_, e)| e.len() != d) {
-        bail!(
-            "{label}: embedding of dimension {}; the head reads {d}",
-            e.len()
-        );
-    }
+    let context = prompt_context(&head, args.prompt.as_deref(), clip.as_ref())?;
+    let pairs = Pairs::from_store(&store, head.config.context)?;
     // Pairs already answered, by image name.
     let index = |name: &Option<String>| {
         name.as_ref()
@@ -552,15 +540,20 @@ fn next(args: &NextArgs) -> Result<()> {
         .iter()
         .filter_map(|r| Some((index(&r.a.image)?, index(&r.b.image)?)))
         .collect();
-    let phi = unit_rows(
-        candidates.iter().map(|(_, e)| e.as_slice()),
-        candidates.len(),
-        d,
+    let vectors: Vec<Vec<f32>> = candidates.iter().map(|(_, e)| e.clone()).collect();
+    let choice = pollster::block_on(choose_next(
+        &head,
+        &pairs,
+        &vectors,
+        context.as_deref(),
+        &asked,
+        args.l2,
+        args.samples,
+        0,
         &device,
-    );
-    let choice =
-        pollster::block_on(head.choose_pair(features(phi, None), &asked, args.samples, 0))?
-            .context("every pair of these candidates has been asked already")?;
+    ))
+    .with_context(|| format!("--head {}", args.head.display()))?
+    .context("every pair of these candidates has been asked already")?;
     let (a, b) = (&candidates[choice.first].0, &candidates[choice.second].0);
     if args.json {
         let out = json!({"a": a, "b": b, "information": choice.information, "p_a": choice.p_first,
@@ -575,16 +568,25 @@ fn next(args: &NextArgs) -> Result<()> {
     Ok(())
 }
 
+/// The prompt's embedding for heads that read it (needs the prompt and a CLIP).
+fn prompt_context(
+    head: &PersonalHead,
+    prompt: Option<&str>,
+    clip: Option<&Clip>,
+) -> Result<Option<Vec<f32>>> {
+    match (prompt, clip, head.config.context) {
+        (Some(p), Some(c), true) => Ok(Some(pollster::block_on(embed_prompt(c, p, true))?)),
+        (_, _, true) => bail!("this head reads the prompt: give --prompt and --clip"),
+        _ => Ok(None),
+    }
+}
+
 fn rank(args: &RankArgs) -> Result<()> {
     let clip = load_clip_args(&args.clip)?;
     let candidates = read_candidates(&args.images, clip.as_ref())?;
     let device = head_device();
     let head = load_head(&args.head, &device)?;
-    let context = match (&args.prompt, &clip, head.config.context) {
-        (Some(p), Some(c), true) => Some(pollster::block_on(embed_prompt(c, p, true))?),
-        (_, _, true) => bail!("this head reads the prompt: give --prompt and --clip"),
-        _ => None,
-    };
+    let context = prompt_context(&head, args.prompt.as_deref(), clip.as_ref())?;
     let vectors: Vec<Vec<f32>> = candidates.iter().map(|(_, e)| e.clone()).collect();
     let scores = pollster::block_on(head.score_vectors(&vectors, context.as_deref(), &device))?;
     let mut order: Vec<usize> = (0..scores.len()).collect();

@@ -5,11 +5,12 @@ and the reward CLIPScore on a CLIP the size of OpenCLIP ViT-H/14 (986 M paramete
 32 x 1280, text 24 x 1024; random weights, stored in f16 as the hub's files are; built once in
 ~/.cache/tastebud/clip-h-random). Both sides run ReNO's loop (make_reno_fixtures.py's `run`,
 SGD-Nesterov, clip 0.1, prior 0.01) for --iters iterations at --size, one step, f32 on the CPU
-with the same thread count; each iteration but the last takes a backward pass. Reports the
+with the same thread count (`--dtype f16`: Tastebud's weights and activations in half
+precision; PyTorch stays f32); each iteration but the last takes a backward pass. Reports the
 mean time per iteration (all iterations, the first included) and peak resident memory.
 
     python tests/bench/reno_bench.py --tastebud $CARGO_TARGET_DIR/debug/tastebud \
-        [--size 256] [--iters 3] [--taesd] [--checkpointing] [--skip-torch]
+        [--size 256] [--iters 3] [--taesd] [--checkpointing] [--dtype f32|f16] [--skip-torch]
 
 Prints a markdown table for BENCHMARKS.md.
 """
@@ -90,6 +91,7 @@ def main():
     ap.add_argument("--taesd", action="store_true", help="decode (and backpropagate) through TAESD instead of the VAE")
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--checkpointing", action="store_true", help="Tastebud with burn's gradient checkpointing")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "f16"], help="Tastebud's precision")
     args = ap.parse_args()
     make_snapshot(args.snapshot)
     make_clip_h(args.clip)
@@ -99,7 +101,8 @@ def main():
     rows = []
     cmd = [args.tastebud, "optimize", "--model", args.snapshot, "--prompt", PROMPT, "--reward",
            f"clip={args.clip}:0.01", "--iters", str(args.iters), "--width", str(args.size), "--height",
-           str(args.size), "--device", args.device, "--json", "--out", "/tmp/tastebud-reno-bench.png"]
+           str(args.size), "--device", args.device, "--dtype", args.dtype, "--json", "--out",
+           "/tmp/tastebud-reno-bench.png"]
     if taesd:
         cmd += ["--decoder", taesd]
     if args.checkpointing:

@@ -258,6 +258,28 @@ def main():
         out[f"{name}.weight"] = w.detach()[None]
         out[f"{name}.scores"] = (features(probes, probe_prompt if context else None) @ w).detach()
 
+    # The linear head's Laplace posterior and the pair BALD picks among the probes by it
+    # (explicit d x d inverse here; Tastebud uses Woodbury's identity).
+    p = Pairs(person(0))
+    fa, fb = p.phi()
+    w = out["linear.weight"][0].double()
+    diffs = (fa - fb).double()
+    c = torch.sigmoid(diffs @ w) * (1 - torch.sigmoid(diffs @ w))
+    h_inv = torch.linalg.inv(len(diffs) * fit["l2"] * torch.eye(D, dtype=torch.float64)
+                             + diffs.T @ (c[:, None] * diffs))
+    b = settings["bald"]
+    eps = torch.from_numpy(Rng(b["seed"]).gaussian(b["samples"]).astype(np.float64))
+    ent = lambda q: -(q * q.clamp_min(1e-300).log() + (1 - q) * (1 - q).clamp_min(1e-300).log())
+    best = None
+    for i in range(6):
+        for j in range(i + 1, 6):
+            d = (probes[i] - probes[j]).double()
+            ps = torch.sigmoid(w @ d + torch.sqrt(d @ h_inv @ d) * eps)
+            info = float(ent(ps.mean()) - ent(ps).mean())
+            if best is None or info > best[2]:
+                best = (i, j, info, float(ps.mean()))
+    settings["laplace_choice"] = best
+
     # MLP head of person 0.
     p = Pairs(person(0))
     fa, fb = p.phi()

@@ -6,12 +6,10 @@
 use serde_json::json;
 use tastebud_core::ComputeDevice;
 use tastebud_core::burn::tensor::Device;
-use tastebud_core::personal::fit::{FitConfig, HeadSettings, Pairs, fit_head, fit_vpl};
-use tastebud_core::personal::heads::features;
+use tastebud_core::personal::active::choose_next;
+use tastebud_core::personal::fit::{FitConfig, HeadSettings, Pairs, fit_head};
 use tastebud_core::personal::store::{Limits, PreferenceStore};
-use tastebud_core::personal::{
-    HEAD_CONFIG, HEAD_WEIGHTS, HeadKind, HeadModel, PersonalHead, unit_rows,
-};
+use tastebud_core::personal::{HEAD_CONFIG, HEAD_WEIGHTS, HeadKind, PersonalHead};
 use tastebud_core::{Error, ModelFiles};
 use wasm_bindgen::prelude::*;
 
@@ -114,41 +112,36 @@ impl Head {
             .map_err(js)
     }
 
-    /// With a VPL head or base: which pair of the candidate embeddings (flat) to ask about next
-    /// for the person of `prefs`, as JSON `{first, second, information, p_first}` (indices).
+    /// Which pair of the candidate embeddings (flat) to ask the person of `prefs` about next:
+    /// JSON `{first, second, information, p_first}` (indices). Works with a linear head (its
+    /// Laplace posterior, fitted with `l2`, default 1e-3) or a VPL head or base; `prompt`: the
+    /// prompt's embedding for heads that read it.
     pub async fn next_pair(
         &self,
         prefs: Vec<u8>,
         candidates: Vec<f32>,
+        prompt: Option<Vec<f32>>,
+        l2: Option<f32>,
         samples: Option<usize>,
     ) -> Result<String, JsError> {
-        let HeadModel::Vpl(vpl) = &self.head.model else {
-            return Err(js(Error::argument(
-                "head",
-                format!(
-                    "a {} head has no uncertainty to ask by; use a VPL head",
-                    self.head.config.kind.name()
-                ),
-            )));
-        };
         let store =
             PreferenceStore::from_json("preferences", &prefs, &Limits::default()).map_err(js)?;
-        let pairs = Pairs::from_store(&store, false).map_err(js)?;
-        let device = device();
-        let person = fit_vpl(vpl.model.clone(), &pairs, &device)
-            .await
-            .map_err(js)?;
-        let d = self.head.config.dimension;
-        let rows = rows(&candidates, d, "candidates")?;
-        let phi = features(
-            unit_rows(rows.iter().map(Vec::as_slice), rows.len(), d, &device),
-            None,
-        );
-        let choice = person
-            .choose_pair(phi, &[], samples.unwrap_or(64), 0)
-            .await
-            .map_err(js)?
-            .ok_or_else(|| JsError::new("need at least two candidates"))?;
+        let pairs = Pairs::from_store(&store, self.head.config.context).map_err(js)?;
+        let rows = rows(&candidates, self.head.config.dimension, "candidates")?;
+        let choice = choose_next(
+            &self.head,
+            &pairs,
+            &rows,
+            prompt.as_deref(),
+            &[],
+            l2.unwrap_or(FitConfig::default().l2),
+            samples.unwrap_or(64),
+            0,
+            &device(),
+        )
+        .await
+        .map_err(js)?
+        .ok_or_else(|| JsError::new("need at least two candidates"))?;
         Ok(json!(choice).to_string())
     }
 

@@ -2,12 +2,15 @@
 //!
 //! - [`store`]: the preference file (versioned JSON, validated, merged without loss);
 //! - [`heads`], [`vpl`]: the heads on frozen unit image embeddings (linear, MLP, PAL-A, VPL);
+//! - [`active`]: the next pair to ask about (BALD over a linear head's Laplace posterior or a
+//!   VPL head's latent posterior);
 //! - [`fit`]: Bradley-Terry fitting of a person's head and pretraining of population bases;
 //! - [`simulate`]: simulated people with hidden utilities, and the benchmark over them.
 //!
 //! A head is saved as `head.json` ([`HeadConfig`]) + `head.safetensors` (PyTorch layouts), and
 //! scores like any reward ([`crate::rewards::personal`]).
 
+pub mod active;
 pub mod fit;
 pub mod heads;
 pub mod simulate;

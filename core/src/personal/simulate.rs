@@ -10,10 +10,10 @@
 use burn::tensor::Device;
 use serde::Serialize;
 
-use super::fit::{FitConfig, HeadSettings, Pairs, PretrainConfig, fit_head, pretrain};
+use super::active::choose_next;
+use super::fit::{FitConfig, HeadSettings, MIN_PAIRS, Pairs, PretrainConfig, fit_head, pretrain};
 use super::store::{Candidate, Choice, Preference, PreferenceStore};
-use super::vpl::VplHead;
-use super::{HeadKind, HeadModel, PersonalHead, features, unit_rows};
+use super::{HeadKind, HeadModel, PersonalHead};
 use crate::Result;
 use crate::noise::Rng;
 
@@ -307,12 +307,22 @@ async fn accuracy(head: &PersonalHead, case: &TestCase, device: &Device) -> Resu
     Ok(right as f32 / case.truth.len() as f32)
 }
 
-/// The pairs a person answers: at random from their pool, or one at a time where the VPL base,
-/// updated with their answers so far, expects to learn the most.
+/// How a simulated person's questions are chosen.
+#[derive(Clone, Copy)]
+enum Selection<'a> {
+    Random,
+    /// Where a linear head refitted on the answers so far is least sure (Laplace BALD).
+    Linear(&'a FitConfig),
+    /// Where a VPL base, given the answers so far, is least sure (latent BALD).
+    Vpl(&'a PersonalHead),
+}
+
+/// The `count` pairs a person answers, from their pool, chosen by `selection` (at random while
+/// a linear head has too few answers to be fitted).
 async fn ask(
     case: &TestCase,
     count: usize,
-    active: Option<&VplHead>,
+    selection: Selection<'_>,
     samples: usize,
     rng: &mut Rng,
     device: &Device,
@@ -320,32 +330,38 @@ async fn ask(
     let mut store = PreferenceStore::new(None);
     let mut asked: Vec<(usize, usize)> = vec![];
     let n = case.pool.len();
-    for step in 0..count {
-        let (i, j) = match active {
+    for _ in 0..count {
+        let pairs = Pairs::from_store(&store, false)?;
+        let seed = rng.next_u64();
+        let chosen = match selection {
+            Selection::Random => None,
+            Selection::Linear(fit) if pairs.len() >= MIN_PAIRS => {
+                let settings = HeadSettings {
+                    fit: fit.clone(),
+                    ..HeadSettings::new(HeadKind::Linear)
+                };
+                let head = fit_head(&settings, None, &pairs, device).await?;
+                choose_next(
+                    &head, &pairs, &case.pool, None, &asked, fit.l2, samples, seed, device,
+                )
+                .await?
+            }
+            Selection::Linear(_) => None,
+            Selection::Vpl(base) => {
+                choose_next(
+                    base, &pairs, &case.pool, None, &asked, 0.0, samples, seed, device,
+                )
+                .await?
+            }
+        };
+        let (i, j) = match chosen {
+            Some(c) => (c.first, c.second),
             None => loop {
                 let (i, j) = (rng.below(n), rng.below(n));
                 if i != j && !asked.contains(&(i, j)) && !asked.contains(&(j, i)) {
                     break (i, j);
                 }
             },
-            Some(base) => {
-                let pairs = Pairs::from_store(&store, false)?;
-                let head = super::fit::fit_vpl(base.model.clone(), &pairs, device).await?;
-                let phi = unit_rows(
-                    case.pool.iter().map(Vec::as_slice),
-                    n,
-                    case.pool[0].len(),
-                    device,
-                );
-                let seed = rng.next_u64() ^ step as u64;
-                match head
-                    .choose_pair(features(phi, None), &asked, samples, seed)
-                    .await?
-                {
-                    Some(c) => (c.first, c.second),
-                    None => break,
-                }
-            }
         };
         asked.push((i, j));
         let choice = case.user.answer(&case.pool[i], &case.pool[j], rng);
@@ -355,6 +371,13 @@ async fn ask(
     }
     Ok(store)
 }
+
+const HEADS: [HeadKind; 4] = [
+    HeadKind::Linear,
+    HeadKind::Mlp,
+    HeadKind::Pal,
+    HeadKind::Vpl,
+];
 
 /// Runs the benchmark; `progress` hears each finished (kind, user) pair.
 pub async fn bench(
@@ -380,17 +403,11 @@ pub async fn bench(
     let pal = pretrain(HeadKind::Pal, &pairs, &config.pretrain, device)?;
     progress("pretraining the VPL base");
     let vpl = pretrain(HeadKind::Vpl, &pairs, &config.pretrain, device)?;
-    let HeadModel::Vpl(vpl_base) = &vpl.model else {
-        return Err(crate::Error::argument(
-            "bench",
-            "VPL pretraining gave another head",
-        ));
-    };
     let mut rows = vec![];
     let mut rng = Rng::new(config.seed + 2);
     let max_answered = config.answered.iter().copied().max().unwrap_or(0);
     for kind in UserKind::ALL {
-        let mut sums = std::collections::BTreeMap::<(u8, &'static str, usize), f32>::new();
+        let mut sums = std::collections::BTreeMap::<(&str, &'static str, usize), f32>::new();
         for u in 0..config.users {
             let user = User::new(&world, kind, config.noise, &mut rng);
             let pool = world.images(config.pool, &mut rng);
@@ -409,29 +426,20 @@ pub async fn bench(
                 held_b,
                 truth,
             };
-            for (selection, active) in [("random", None), ("active", Some(vpl_base))] {
-                let asked = ask(
-                    &case,
-                    max_answered,
-                    active,
-                    config.samples,
-                    &mut rng,
-                    device,
-                )
-                .await?;
+            // Linear and MLP heads are asked where a linear head is unsure; PAL and VPL where
+            // the VPL base is.
+            let sequences = [
+                ("random", Selection::Random, HEADS.as_slice()),
+                ("active", Selection::Linear(&config.fit), &HEADS[..2]),
+                ("active", Selection::Vpl(&vpl), &HEADS[2..]),
+            ];
+            for (selection, how, heads) in sequences {
+                let asked = ask(&case, max_answered, how, config.samples, &mut rng, device).await?;
                 for &n in &config.answered {
                     let mut store = asked.clone();
                     store.records.truncate(n);
                     let pairs = Pairs::from_store(&store, false)?;
-                    for (k, kind_of_head) in [
-                        HeadKind::Linear,
-                        HeadKind::Mlp,
-                        HeadKind::Pal,
-                        HeadKind::Vpl,
-                    ]
-                    .into_iter()
-                    .enumerate()
-                    {
+                    for &kind_of_head in heads {
                         let base = match kind_of_head {
                             HeadKind::Pal => Some(copy_head(&pal)),
                             HeadKind::Vpl => Some(copy_head(&vpl)),
@@ -442,22 +450,17 @@ pub async fn bench(
                             ..HeadSettings::new(kind_of_head)
                         };
                         let head = fit_head(&settings, base, &pairs, device).await?;
-                        *sums.entry((k as u8, selection, n)).or_default() +=
+                        *sums.entry((kind_of_head.name(), selection, n)).or_default() +=
                             accuracy(&head, &case, device).await?;
                     }
                 }
             }
             progress(&format!("{} user {}/{}", kind.name(), u + 1, config.users));
         }
-        for ((k, selection, answered), sum) in sums {
+        for ((head, selection, answered), sum) in sums {
             rows.push(BenchRow {
                 kind,
-                head: [
-                    HeadKind::Linear,
-                    HeadKind::Mlp,
-                    HeadKind::Pal,
-                    HeadKind::Vpl,
-                ][k as usize],
+                head: HeadKind::parse(head)?,
                 selection,
                 answered,
                 accuracy: sum / config.users as f32,

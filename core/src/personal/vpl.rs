@@ -15,6 +15,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 use serde::Serialize;
 
+use super::active::{PairChoice, most_informative_pair};
 use super::heads::{linear, param};
 use crate::noise::Rng;
 use crate::{Result, read_f32};
@@ -118,18 +119,6 @@ impl Posterior {
     }
 }
 
-/// The pair to ask about next and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PairChoice {
-    /// Indices into the candidates.
-    pub first: usize,
-    pub second: usize,
-    /// BALD: the expected information (nats) the answer gives about the person's latent.
-    pub information: f32,
-    /// The head's current belief that `first` is preferred.
-    pub p_first: f32,
-}
-
 /// A fitted VPL head: the population model and one person's posterior.
 #[derive(Module, Debug)]
 pub struct VplHead {
@@ -206,45 +195,4 @@ impl VplHead {
         let r = read_f32(self.model.reward(phi_all, z_all)).await?;
         Ok(most_informative_pair(&r, samples, n, asked))
     }
-}
-
-fn entropy(p: f64) -> f64 {
-    let h = |q: f64| if q > 0.0 { -q * q.ln() } else { 0.0 };
-    h(p) + h(1.0 - p)
-}
-
-/// BALD over all candidate pairs from rewards `r` (`[samples, n]`, row-major).
-pub fn most_informative_pair(
-    r: &[f32],
-    samples: usize,
-    n: usize,
-    asked: &[(usize, usize)],
-) -> Option<PairChoice> {
-    let mut best: Option<PairChoice> = None;
-    for i in 0..n {
-        for j in i + 1..n {
-            if asked.contains(&(i, j)) || asked.contains(&(j, i)) {
-                continue;
-            }
-            let (mut mean_p, mut mean_h) = (0.0f64, 0.0f64);
-            for s in 0..samples {
-                let m = f64::from(r[s * n + i] - r[s * n + j]);
-                let p = 1.0 / (1.0 + (-m).exp());
-                mean_p += p;
-                mean_h += entropy(p);
-            }
-            mean_p /= samples as f64;
-            mean_h /= samples as f64;
-            let information = (entropy(mean_p) - mean_h) as f32;
-            if best.as_ref().is_none_or(|b| information > b.information) {
-                best = Some(PairChoice {
-                    first: i,
-                    second: j,
-                    information,
-                    p_first: mean_p as f32,
-                });
-            }
-        }
-    }
-    best
 }
