@@ -389,8 +389,8 @@ fn bench_reports_every_head_on_simulated_people() {
     ]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = report["rows"].as_array().unwrap();
-    // 3 kinds of people x 4 heads x random/active x 4 answer counts.
-    assert_eq!(rows.len(), 96);
+    // 3 kinds of people x 4 heads x random/active x 5 answer counts.
+    assert_eq!(rows.len(), 120);
     for r in rows {
         let a = r["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&a), "{r}");

@@ -50,7 +50,7 @@ pub enum PersonalizeCommand {
     Next(NextArgs),
     /// Rank images (or embeddings) by a fitted head.
     Rank(RankArgs),
-    /// Heads on simulated people: held-out accuracy after 5/10/20/50 answers, random vs active.
+    /// Heads on simulated people: held-out accuracy after 5/10/20/25/50 answers, random vs active.
     Bench(BenchArgs),
 }
 
@@ -214,6 +214,12 @@ pub struct BenchArgs {
     /// People in the pretraining population.
     #[arg(long, default_value_t = 240)]
     population: usize,
+    /// PAL's prototypes.
+    #[arg(long, default_value_t = 4)]
+    prototypes: usize,
+    /// VPL's latent size.
+    #[arg(long, default_value_t = 8)]
+    latent: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long)]
@@ -614,6 +620,11 @@ fn bench(args: &BenchArgs) -> Result<()> {
         dimension: args.dimension,
         population: args.population,
         seed: args.seed,
+        pretrain: PretrainConfig {
+            prototypes: args.prototypes,
+            latent: args.latent,
+            ..PretrainConfig::default()
+        },
         ..BenchConfig::default()
     };
     let device = head_device();

@@ -116,7 +116,8 @@ def main():
                      r["per_iteration_ms"], r["peak_rss_mib"]))
     decoder = "TAESD" if taesd else "VAE"
     print(f"ReNO on SD-Turbo's architecture ({decoder} decoder) + CLIPScore on a ViT-H/14-sized CLIP, "
-          f"{args.size}x{args.size}, {args.iters} iterations ({args.iters - 1} with a backward pass), f32; "
+          f"{args.size}x{args.size}, {args.iters} iterations ({args.iters - 1} with a backward pass), "
+          f"Tastebud {args.dtype}, PyTorch f32; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores\n")
     print("| runtime | per iteration (ms) | peak RSS (MiB) |")
     print("|---|---|---|")

@@ -15,7 +15,7 @@ use tastebud_core::{ComputeDevice, DeviceChoice, ModelFiles, Precision, device};
 use wasm_bindgen::prelude::*;
 
 mod personal;
-pub use personal::Head;
+pub use personal::{Head, merge_preferences, preferences_summary};
 
 /// A device, and the models loaded on it.
 #[wasm_bindgen]

@@ -151,3 +151,23 @@ impl Head {
         json!(self.head.config).to_string()
     }
 }
+
+/// Validates a preference file and counts what it holds: JSON `{records, ties, users,
+/// with_embeddings, dimension, contradictions}`, or an error naming the record and field.
+#[wasm_bindgen]
+pub fn preferences_summary(prefs: Vec<u8>) -> Result<String, JsError> {
+    let store = PreferenceStore::from_json("preferences", &prefs, &Limits::default()).map_err(js)?;
+    Ok(json!(store.summary()).to_string())
+}
+
+/// `current` with `incoming`'s records merged in (both validated; the same embedding model
+/// and dimension; records already present are skipped). On any error `current` is untouched:
+/// the caller keeps its bytes.
+#[wasm_bindgen]
+pub fn merge_preferences(current: Vec<u8>, incoming: Vec<u8>) -> Result<Vec<u8>, JsError> {
+    let limits = Limits::default();
+    let mut store = PreferenceStore::from_json("current preferences", &current, &limits).map_err(js)?;
+    let other = PreferenceStore::from_json("imported preferences", &incoming, &limits).map_err(js)?;
+    store.import(other).map_err(js)?;
+    store.to_json().map_err(js)
+}

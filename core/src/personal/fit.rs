@@ -240,17 +240,8 @@ fn squared_norm<const D: usize>(t: Tensor<D>) -> Tensor<1> {
     t.powi_scalar(2).sum()
 }
 
-/// What must hold before fitting: enough pairs, of the head's dimension, not all ties.
-fn check(pairs: &Pairs, dimension: usize, need: usize, what: &str) -> Result<()> {
-    if pairs.dimension != dimension && !pairs.is_empty() {
-        return Err(Error::argument(
-            "preferences",
-            format!(
-                "embeddings of dimension {}; the head reads {dimension}",
-                pairs.dimension
-            ),
-        ));
-    }
+/// What must hold before fitting: enough pairs, not all ties.
+fn check(pairs: &Pairs, need: usize, what: &str) -> Result<()> {
     if pairs.len() < need {
         return Err(Error::argument(
             "preferences",
@@ -275,7 +266,7 @@ pub const MIN_PAIRS: usize = 2;
 
 /// A person's linear head. `device` must be autodiff.
 pub fn fit_linear(pairs: &Pairs, config: &FitConfig, device: &Device) -> Result<LinearHead> {
-    check(pairs, pairs.dimension, MIN_PAIRS, "linear")?;
+    check(pairs, MIN_PAIRS, "linear")?;
     let input = pairs.input();
     let (fa, fb) = pairs.features(device);
     let y = pairs.targets(device);
@@ -297,7 +288,7 @@ pub fn fit_mlp(
     config: &FitConfig,
     device: &Device,
 ) -> Result<MlpHead> {
-    check(pairs, pairs.dimension, MIN_PAIRS, "mlp")?;
+    check(pairs, MIN_PAIRS, "mlp")?;
     let input = pairs.input();
     let (fa, fb) = pairs.features(device);
     let y = pairs.targets(device);
@@ -337,7 +328,7 @@ pub fn fit_pal(
 /// PAL's population model: shared MLP, K prototypes and every user's mixture, jointly; the
 /// returned base has the uniform mixture (the average user).
 pub fn pretrain_pal(pairs: &Pairs, config: &PretrainConfig, device: &Device) -> Result<PalHead> {
-    check(pairs, pairs.dimension, 1, "pal")?;
+    check(pairs, 1, "pal")?;
     let input = pairs.input();
     let mut rng = Rng::new(config.seed);
     let users = pairs.user_names.len();
@@ -435,7 +426,7 @@ fn context_mask(batch: &UserBatch, rng: &mut Rng) -> Vec<f32> {
 /// VPL's population model: encoder and reward, with the reparameterised latent of each user's
 /// context and the KL term.
 pub fn pretrain_vpl(pairs: &Pairs, config: &PretrainConfig, device: &Device) -> Result<VplModel> {
-    check(pairs, pairs.dimension, 1, "vpl")?;
+    check(pairs, 1, "vpl")?;
     let input = pairs.input();
     let mut rng = Rng::new(config.seed);
     let model = VplModel::new(

@@ -3,9 +3,10 @@
 //! dimension), people have hidden utilities over them drawn around a few shared tastes, and
 //! answer pairs noisily (Bradley-Terry with a temperature).
 //!
-//! [`bench`] fits every head from 5/10/20/50 answered pairs per person, chosen at random or
-//! actively (VPL's BALD), and reports pairwise accuracy on held-out pairs against the hidden
-//! utility.
+//! [`bench`] fits every head from 5/10/20/25/50 answered pairs per person, chosen at random or
+//! actively (BALD: by a linear head's Laplace posterior for the linear and MLP heads, by the
+//! VPL base's latent posterior for PAL and VPL), and reports pairwise accuracy on held-out
+//! pairs against the hidden utility.
 
 use burn::tensor::Device;
 use serde::Serialize;
@@ -265,7 +266,7 @@ impl Default for BenchConfig {
             users: 10,
             pool: 60,
             held_out_pairs: 400,
-            answered: vec![5, 10, 20, 50],
+            answered: vec![5, 10, 20, 25, 50],
             noise: 0.1,
             samples: 64,
             pretrain: PretrainConfig::default(),

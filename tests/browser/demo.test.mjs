@@ -1,0 +1,70 @@
+// The demo page (index.html) in headless Chromium: the "Your taste" section embeds eight
+// fixture images with the tiny CLIP, asks pairs, learns from the clicks, and ranks the images
+// exactly as the native CLI ranks them from the page's exported preferences; a bad import is
+// refused and changes nothing.
+//
+// Needs: web/pkg (web/build.sh), the native binary in $TASTEBUD_BIN, /usr/bin/chromium.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fixtures, useBrowser } from './harness.mjs';
+
+const tastebud = process.env.TASTEBUD_BIN;
+const ctx = useBrowser({ needsCli: true });
+const IMAGES = ['image0.png', 'image1.png', 'sd-turbo-tiny-1.png', 'sd-turbo-tiny-2.png', 'sd1-tiny-0.png',
+  'sdxl-turbo-tiny-3.png', 'sdxl-turbo-tiny-4.png', 'sd-turbo-tiny-taesd.png'];
+const ANSWERS = 6;
+
+test('the demo learns a taste from clicks and ranks like the native CLI', async () => {
+  const page = await ctx.browser.newPage();
+  const logs = [];
+  page.on('pageerror', (e) => logs.push(String(e)));
+  try {
+    await page.goto(`${ctx.base}/index.html`);
+    await page.selectOption('#device', 'cpu');
+    await page.fill('#model-url', '/tests/fixtures/clip-openai/');
+    await page.setInputFiles('#taste-images', IMAGES.map((n) => path.join(fixtures, n)));
+    for (let k = 0; k < ANSWERS; k++) {
+      await page.waitForFunction((k) => document.getElementById('taste-status').textContent.startsWith(`${k} answers`), k,
+        { timeout: 60000 });
+      await page.click(k % 3 === 2 ? '#pick-right' : '#pick-left');
+    }
+    await page.waitForFunction((n) => document.getElementById('taste-status').textContent.startsWith(`${n} answers`),
+      ANSWERS, { timeout: 60000 });
+    const ranking = await page.$$eval('#ranking li', (lis) => lis.map((li) => li.dataset.name));
+    assert.equal(ranking.length, IMAGES.length);
+    const stored = await page.evaluate(() => localStorage.getItem('tastebud-preferences'));
+    const prefs = JSON.parse(stored);
+    assert.equal(prefs.records.length, ANSWERS);
+
+    // Native: fit the same head on the exported answers, rank the same embeddings.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tastebud-demo-'));
+    fs.writeFileSync(path.join(dir, 'prefs.json'), stored);
+    const embeddings = new Map();
+    for (const r of prefs.records) for (const c of [r.a, r.b]) embeddings.set(c.image, c.embedding);
+    const names = [...embeddings.keys()];
+    fs.writeFileSync(path.join(dir, 'candidates.json'), JSON.stringify(names.map((n) => embeddings.get(n))));
+    execFileSync(tastebud, ['personalize', 'fit', '--prefs', path.join(dir, 'prefs.json'), '--head', 'linear',
+      '--out', path.join(dir, 'head')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const native = JSON.parse(execFileSync(tastebud, ['personalize', 'rank', '--head', path.join(dir, 'head'),
+      '--json', path.join(dir, 'candidates.json')], { stdio: ['ignore', 'pipe', 'pipe'] })).ranking
+      .map((r) => names[Number(r.image.split('#')[1])]);
+    assert.deepEqual(ranking.filter((n) => names.includes(n)), native, 'same order as the native CLI');
+
+    // A file of another dimension is refused and the stored answers stay.
+    const bad = path.join(dir, 'bad.json');
+    fs.writeFileSync(bad, JSON.stringify({ format: 'tastebud-preferences', version: 1, records: [
+      { prompt: 'p', a: { embedding: [1, 0] }, b: { embedding: [0, 1] }, choice: 'a', timestamp: 0 }] }));
+    await page.setInputFiles('#import', bad);
+    await page.waitForFunction(() => document.getElementById('taste-status').textContent.startsWith('import refused'));
+    assert.match(await page.textContent('#taste-status'), /dimension 2/);
+    assert.equal(await page.evaluate(() => localStorage.getItem('tastebud-preferences')), stored);
+  } catch (e) {
+    throw new Error(`${e}\n${logs.join('\n')}`);
+  } finally {
+    await page.close();
+  }
+});
