@@ -156,7 +156,8 @@ impl Head {
 /// with_embeddings, dimension, contradictions}`, or an error naming the record and field.
 #[wasm_bindgen]
 pub fn preferences_summary(prefs: Vec<u8>) -> Result<String, JsError> {
-    let store = PreferenceStore::from_json("preferences", &prefs, &Limits::default()).map_err(js)?;
+    let store =
+        PreferenceStore::from_json("preferences", &prefs, &Limits::default()).map_err(js)?;
     Ok(json!(store.summary()).to_string())
 }
 
@@ -166,8 +167,10 @@ pub fn preferences_summary(prefs: Vec<u8>) -> Result<String, JsError> {
 #[wasm_bindgen]
 pub fn merge_preferences(current: Vec<u8>, incoming: Vec<u8>) -> Result<Vec<u8>, JsError> {
     let limits = Limits::default();
-    let mut store = PreferenceStore::from_json("current preferences", &current, &limits).map_err(js)?;
-    let other = PreferenceStore::from_json("imported preferences", &incoming, &limits).map_err(js)?;
+    let mut store =
+        PreferenceStore::from_json("current preferences", &current, &limits).map_err(js)?;
+    let other =
+        PreferenceStore::from_json("imported preferences", &incoming, &limits).map_err(js)?;
     store.import(other).map_err(js)?;
     store.to_json().map_err(js)
 }
