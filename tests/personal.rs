@@ -375,6 +375,14 @@ fn head_files_round_trip() {
         pretrain(HeadKind::Vpl, &all, &pretrain_config(), &device()).unwrap(),
     ];
     for head in heads {
+        // A fitted head only scores: trainable weights would record a graph on the autodiff
+        // device at every scoring pass that no backward pass frees (the bench grew to 7 GiB).
+        assert_eq!(
+            weights_requiring_grad(&head),
+            0,
+            "{} head",
+            head.config.kind.name()
+        );
         let (json, weights) = head.to_files().unwrap();
         let mut files = ModelFiles::new("head");
         files.insert("head.json", json);
@@ -389,6 +397,27 @@ fn head_files_round_trip() {
             1e-6,
         );
     }
+}
+
+/// How many of a head's weights (those a fit trains, and a shared one) still require grad.
+fn weights_requiring_grad(head: &PersonalHead) -> usize {
+    let flags = match &head.model {
+        HeadModel::Linear(h) => vec![h.linear.weight.val().is_require_grad()],
+        HeadModel::Mlp(h) => vec![
+            h.hidden.weight.val().is_require_grad(),
+            h.out.weight.val().is_require_grad(),
+        ],
+        HeadModel::Pal(h) => vec![
+            h.hidden.weight.val().is_require_grad(),
+            h.prototypes.val().is_require_grad(),
+            h.user_logits.val().is_require_grad(),
+        ],
+        HeadModel::Vpl(h) => vec![
+            h.model.reward_out.weight.val().is_require_grad(),
+            h.user_mean.val().is_require_grad(),
+        ],
+    };
+    flags.into_iter().filter(|&f| f).count()
 }
 
 fn load_err(json: &str) -> String {

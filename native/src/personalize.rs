@@ -92,8 +92,10 @@ pub struct ClipArgs {
 
 #[derive(Args)]
 pub struct RecordArgs {
+    /// The preference file (created if missing).
     #[arg(long)]
     prefs: PathBuf,
+    /// The prompt the two images were made for.
     #[arg(long)]
     prompt: String,
     /// The first image shown (or its embedding file).
@@ -127,6 +129,7 @@ pub struct PretrainArgs {
     /// VPL's latent size.
     #[arg(long, default_value_t = 8)]
     latent: usize,
+    /// Adam steps over all the pairs.
     #[arg(long, default_value_t = 600)]
     steps: usize,
     /// The base folder to write (head.json + head.safetensors).
@@ -136,8 +139,10 @@ pub struct PretrainArgs {
 
 #[derive(Args)]
 pub struct FitArgs {
+    /// The person's preference file (records need embeddings: record them with --clip).
     #[arg(long)]
     prefs: PathBuf,
+    /// linear or mlp (from scratch), pal or vpl (on a --base).
     #[arg(long, value_enum)]
     head: HeadArg,
     /// The population base PAL and VPL heads start from (`personalize pretrain`).
@@ -149,8 +154,10 @@ pub struct FitArgs {
     /// Read the prompt too (records need prompt embeddings: record them with --clip).
     #[arg(long)]
     context: bool,
+    /// Adam steps (full batch).
     #[arg(long, default_value_t = 200)]
     steps: usize,
+    /// Adam's learning rate.
     #[arg(long, default_value_t = 0.05)]
     lr: f64,
     /// L2 penalty on the head's weights.
@@ -163,6 +170,7 @@ pub struct FitArgs {
 
 #[derive(Args)]
 pub struct NextArgs {
+    /// The person's preference file (their answers so far).
     #[arg(long)]
     prefs: PathBuf,
     /// The person's linear head (its Laplace posterior says how unsure it is), or a VPL head
@@ -189,6 +197,7 @@ pub struct NextArgs {
 
 #[derive(Args)]
 pub struct RankArgs {
+    /// The head folder (head.json + head.safetensors).
     #[arg(long)]
     head: PathBuf,
     /// The prompt, for heads that read it (needs --clip).

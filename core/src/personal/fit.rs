@@ -624,7 +624,10 @@ pub async fn fit_head(
         }
         _ => return Err(Error::argument("base", "its weights do not match its kind")),
     };
-    Ok(PersonalHead { config, model })
+    Ok(PersonalHead {
+        config,
+        model: model.frozen(),
+    })
 }
 
 /// A population base of `kind` (PAL or VPL) from many people's pairs (`user` set per record).
@@ -658,6 +661,6 @@ pub fn pretrain(
     };
     Ok(PersonalHead {
         config: head,
-        model,
+        model: model.frozen(),
     })
 }

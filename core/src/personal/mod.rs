@@ -17,6 +17,7 @@ pub mod simulate;
 pub mod store;
 pub mod vpl;
 
+use burn::module::Module;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -159,6 +160,20 @@ pub enum HeadModel {
     Mlp(MlpHead),
     Pal(PalHead),
     Vpl(VplHead),
+}
+
+impl HeadModel {
+    /// The weights with gradients off: a fitted head only scores, and on an autodiff device
+    /// every forward pass through trainable weights would record a graph that no backward
+    /// pass frees.
+    pub fn frozen(self) -> Self {
+        match self {
+            Self::Linear(h) => Self::Linear(h.no_grad()),
+            Self::Mlp(h) => Self::Mlp(h.no_grad()),
+            Self::Pal(h) => Self::Pal(h.no_grad()),
+            Self::Vpl(h) => Self::Vpl(h.no_grad()),
+        }
+    }
 }
 
 /// A fitted head (or a population base): config and weights.

@@ -139,7 +139,7 @@ impl VplHead {
         }
     }
 
-    /// The same model for another person.
+    /// The same model for another person (frozen: a person's head only scores).
     pub fn with_posterior(self, posterior: &Posterior, device: &Device) -> Self {
         let l = posterior.mean.len();
         Self {
@@ -147,6 +147,7 @@ impl VplHead {
             user_mean: param(posterior.mean.clone(), [l], device),
             user_log_var: param(posterior.log_var.clone(), [l], device),
         }
+        .no_grad()
     }
 
     pub async fn posterior(&self) -> Result<Posterior> {
