@@ -58,6 +58,12 @@ fn weights_inputs_and_results_are_f16() {
             DType::F16,
             "{on}"
         );
+        // Decoder activations take half the bytes: the real SD VAE's largest (256 channels at
+        // 512x512) is 128 MiB, so a 128 MiB buffer limit needs no bands in f16.
+        let mut decoder = pipeline.decoder;
+        decoder.stage_channels = vec![512, 512, 256, 128];
+        assert_eq!(decoder.largest_activation_bytes(64, 64), 128 << 20, "{on}");
+        assert_eq!(decoder.band_rows(64, 64, Some(128 << 20)).unwrap(), None);
         let x = Tensor::<1>::from_data(TensorData::new(vec![1.5f32, -2.25], [2]), &device.device);
         assert_eq!(x.dtype(), DType::F16);
         // Results come back as f32 whatever the device computes in.

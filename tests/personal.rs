@@ -286,7 +286,7 @@ fn linear_laplace_bald_matches_torch() {
         &probes(),
         None,
         &[],
-        fit_config().l2,
+        None, // the l2 the head was fitted with, from its config
         b["samples"].as_u64().unwrap() as usize,
         b["seed"].as_u64().unwrap(),
         &device(),
@@ -320,7 +320,7 @@ fn linear_laplace_bald_matches_torch() {
         &probes(),
         None,
         &[(choice.second, choice.first)],
-        1e-3,
+        Some(1e-3),
         16,
         7,
         &device(),
@@ -328,6 +328,29 @@ fn linear_laplace_bald_matches_torch() {
     .unwrap()
     .unwrap();
     assert_ne!((again.first, again.second), (choice.first, choice.second));
+    // A head fitted with another l2 keeps it (head.json) and asks by it unless told otherwise.
+    let mut strong = linear.clone();
+    strong.fit.l2 = 0.5;
+    let head = block_on(fit_head(&strong, None, &pairs, &device())).unwrap();
+    assert_eq!(head.config.l2, Some(0.5));
+    let information = |l2: Option<f32>| {
+        block_on(choose_next(
+            &head,
+            &pairs,
+            &probes(),
+            None,
+            &[],
+            l2,
+            16,
+            7,
+            &device(),
+        ))
+        .unwrap()
+        .unwrap()
+        .information
+    };
+    assert_eq!(information(None), information(Some(0.5)));
+    assert_ne!(information(None), information(Some(1e-3)));
     let mlp = block_on(fit_head(
         &settings_for(HeadKind::Mlp),
         None,
@@ -341,7 +364,7 @@ fn linear_laplace_bald_matches_torch() {
         &probes(),
         None,
         &[],
-        1e-3,
+        Some(1e-3),
         16,
         7,
         &device(),
@@ -389,6 +412,8 @@ fn head_files_round_trip() {
         files.insert("head.safetensors", weights);
         let loaded = PersonalHead::from_files(&mut files, &device()).unwrap();
         assert_eq!(loaded.config, head.config);
+        let fitted_here = matches!(head.config.kind, HeadKind::Linear | HeadKind::Mlp);
+        assert_eq!(head.config.l2.is_some(), fitted_here);
         let context = head.config.context;
         assert_close(
             head.config.kind.name(),
@@ -603,9 +628,19 @@ fn corrupt_head_files_are_named() {
     );
     let mut files = ModelFiles::new("head");
     files.insert("head.json", b"{\"format\":\"tastebud-head\"}".to_vec());
-    files.insert("head.safetensors", weights);
+    files.insert("head.safetensors", weights.clone());
     let err = PersonalHead::from_files(&mut files, &device()).unwrap_err();
     assert!(err.to_string().contains("head/head.json"), "{err}");
+    let mut bad_l2 = serde_json::to_value(&head.config).unwrap();
+    bad_l2["l2"] = serde_json::json!(-1.0);
+    let mut files = ModelFiles::new("head");
+    files.insert("head.json", serde_json::to_vec(&bad_l2).unwrap());
+    files.insert("head.safetensors", weights);
+    let err = PersonalHead::from_files(&mut files, &device()).unwrap_err();
+    assert!(
+        err.to_string().contains("head/head.json") && err.to_string().contains("`l2`"),
+        "{err}"
+    );
 }
 
 /// A linear head fitted to a simulated person's answers about tiny SD-Turbo images, used as the

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use serde_json::Value;
 
 use crate::models::DIFFUSERS_WEIGHTS;
@@ -148,12 +148,19 @@ pub struct LoadedDecoder {
     /// Channels of each decoder stage, from the latent resolution up (each stage but the last
     /// ends by doubling the resolution): what sizes its largest activations.
     pub stage_channels: Vec<usize>,
+    /// Bytes per activation element on its device (2 in f16, 4 in f32).
+    pub element_bytes: u64,
 }
 
 impl LoadedDecoder {
     /// Loads an `AutoencoderKL` or `AutoencoderTiny` folder, chosen by its config's
     /// `_class_name` (or `class` from `model_index.json` when given).
     pub fn from_files(files: ModelFiles, class: Option<&str>, device: &Device) -> Result<Self> {
+        let element_bytes = match device.settings().float_dtype {
+            FloatDType::F16 | FloatDType::BF16 => 2,
+            FloatDType::F64 => 8,
+            _ => 4,
+        };
         let class = match class {
             Some(c) => c.to_string(),
             None => {
@@ -173,6 +180,7 @@ impl LoadedDecoder {
                     upscale: 1 << (c.block_out_channels.len() - 1),
                     class,
                     stage_channels: c.block_out_channels.iter().rev().copied().collect(),
+                    element_bytes,
                 })
             }
             "AutoencoderTiny" => {
@@ -184,6 +192,7 @@ impl LoadedDecoder {
                     upscale,
                     class,
                     stage_channels: c.decoder_block_out_channels.clone(),
+                    element_bytes,
                 })
             }
             other => Err(Error::Unsupported(format!(
@@ -193,14 +202,17 @@ impl LoadedDecoder {
         }
     }
 
-    /// Bytes of the largest activation the decoder holds for a `[_, _, h, w]` latent (f32):
-    /// each stage's channels at its resolution, and again after its upsampling.
+    /// Bytes of the largest activation the decoder holds for a `[_, _, h, w]` latent in its
+    /// precision: each stage's channels at its resolution, and again after its upsampling.
     pub fn largest_activation_bytes(&self, h: usize, w: usize) -> u64 {
         let n = self.stage_channels.len();
         (0..n)
             .map(|i| {
                 let scale = 1u64 << (i + usize::from(i + 1 < n)).min(63);
-                self.stage_channels[i] as u64 * (h as u64 * scale) * (w as u64 * scale) * 4
+                self.stage_channels[i] as u64
+                    * (h as u64 * scale)
+                    * (w as u64 * scale)
+                    * self.element_bytes
             })
             .max()
             .unwrap_or(0)

@@ -180,9 +180,9 @@ pub struct NextArgs {
     /// The prompt, for heads that read it (needs --clip).
     #[arg(long)]
     prompt: Option<String>,
-    /// The L2 penalty the linear head was fitted with.
-    #[arg(long, default_value_t = 1e-3)]
-    l2: f32,
+    /// The L2 penalty of the linear head's posterior [default: the one it was fitted with].
+    #[arg(long)]
+    l2: Option<f32>,
     /// The images (or embedding files) to choose the pair from.
     #[arg(long, required = true, num_args = 1..)]
     candidates: Vec<PathBuf>,

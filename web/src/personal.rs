@@ -114,7 +114,7 @@ impl Head {
 
     /// Which pair of the candidate embeddings (flat) to ask the person of `prefs` about next:
     /// JSON `{first, second, information, p_first}` (indices). Works with a linear head (its
-    /// Laplace posterior, fitted with `l2`, default 1e-3) or a VPL head or base; `prompt`: the
+    /// Laplace posterior with `l2`, default the one it was fitted with) or a VPL head or base; `prompt`: the
     /// prompt's embedding for heads that read it.
     pub async fn next_pair(
         &self,
@@ -134,7 +134,7 @@ impl Head {
             &rows,
             prompt.as_deref(),
             &[],
-            l2.unwrap_or(FitConfig::default().l2),
+            l2,
             samples.unwrap_or(64),
             0,
             &device(),

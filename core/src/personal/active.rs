@@ -225,8 +225,9 @@ fn host_features(rows: &[Vec<f32>], context: Option<&[f32]>) -> Vec<Vec<f32>> {
 }
 
 /// The next pair of `candidates` (embeddings) to ask the person whose answers are `pairs`
-/// about: by the linear head's Laplace posterior (fitted with `l2`), or by a VPL head's latent
-/// posterior for these pairs. Other heads have no uncertainty to ask by.
+/// about: by the linear head's Laplace posterior (fitted with `l2`; `None`: the head's own,
+/// else the fit's default), or by a VPL head's latent posterior for these pairs. Other heads
+/// have no uncertainty to ask by.
 #[allow(clippy::too_many_arguments)]
 pub async fn choose_next(
     head: &PersonalHead,
@@ -234,7 +235,7 @@ pub async fn choose_next(
     candidates: &[Vec<f32>],
     context: Option<&[f32]>,
     asked: &[(usize, usize)],
-    l2: f32,
+    l2: Option<f32>,
     samples: usize,
     seed: u64,
     device: &Device,
@@ -277,6 +278,9 @@ pub async fn choose_next(
                 let fb = host_features(std::slice::from_ref(&b[i]), t);
                 differences.push(fa[0].iter().zip(&fb[0]).map(|(x, y)| x - y).collect());
             }
+            let l2 = l2
+                .or(head.config.l2)
+                .unwrap_or(super::fit::FitConfig::default().l2);
             let posterior = LaplacePosterior::new(&weights, &differences, l2);
             Ok(posterior.choose_pair(&host_features(candidates, context), asked, samples, seed))
         }

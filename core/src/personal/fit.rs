@@ -611,8 +611,12 @@ pub async fn fit_head(
         };
     }
     let model = match (kind, base.map(|b| b.model)) {
-        (HeadKind::Linear, _) => HeadModel::Linear(fit_linear(pairs, &settings.fit, device)?),
+        (HeadKind::Linear, _) => {
+            config.l2 = Some(settings.fit.l2);
+            HeadModel::Linear(fit_linear(pairs, &settings.fit, device)?)
+        }
         (HeadKind::Mlp, _) => {
+            config.l2 = Some(settings.fit.l2);
             config.hidden = settings.hidden;
             HeadModel::Mlp(fit_mlp(pairs, settings.hidden, &settings.fit, device)?)
         }

@@ -94,6 +94,10 @@ pub struct HeadConfig {
     /// Answered pairs the person's part was fitted on (0 for a population base).
     #[serde(default)]
     pub pairs: usize,
+    /// The L2 penalty a linear or MLP head was fitted with: its Laplace posterior (which pair
+    /// to ask next) depends on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2: Option<f32>,
 }
 
 impl HeadConfig {
@@ -110,6 +114,7 @@ impl HeadConfig {
             latent: 0,
             embedding_model: None,
             pairs: 0,
+            l2: None,
         }
     }
 
@@ -123,6 +128,11 @@ impl HeadConfig {
             file: file.to_string(),
             reason,
         };
+        if let Some(l2) = self.l2.filter(|l| !(l.is_finite() && *l >= 0.0)) {
+            return Err(bad(format!(
+                "`l2` is {l2}: must be finite and not negative"
+            )));
+        }
         if self.format != HEAD_FORMAT {
             return Err(bad(format!(
                 "`format` is {:?}, expected \"{HEAD_FORMAT}\"",

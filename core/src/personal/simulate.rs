@@ -343,14 +343,14 @@ async fn ask(
                 };
                 let head = fit_head(&settings, None, &pairs, device).await?;
                 choose_next(
-                    &head, &pairs, &case.pool, None, &asked, fit.l2, samples, seed, device,
+                    &head, &pairs, &case.pool, None, &asked, None, samples, seed, device,
                 )
                 .await?
             }
             Selection::Linear(_) => None,
             Selection::Vpl(base) => {
                 choose_next(
-                    base, &pairs, &case.pool, None, &asked, 0.0, samples, seed, device,
+                    base, &pairs, &case.pool, None, &asked, None, samples, seed, device,
                 )
                 .await?
             }
