@@ -24,6 +24,22 @@ fn ok(args: &[&str]) -> Output {
     out
 }
 
+/// `personalize fit` of a `kind` head on `prefs` (on `base`) into `out`.
+fn fit(prefs: &str, kind: &str, base: Option<&str>, out: &str) -> Output {
+    let mut args = vec![
+        "personalize",
+        "fit",
+        "--prefs",
+        prefs,
+        "--head",
+        kind,
+        "--out",
+        out,
+    ];
+    args.extend(base.iter().flat_map(|b| ["--base", *b]));
+    tastebud(&args)
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
@@ -171,18 +187,21 @@ fn a_vpl_base_picks_the_next_pair() {
         &base,
     ]);
     let mine = prefs_of(&dir, "person2.json", &["person-2"]);
-    let out = ok(&[
-        "personalize",
-        "next",
-        "--prefs",
-        &mine,
-        "--head",
-        &base,
-        "--candidates",
-        &probes(&dir),
-        "--json",
-    ]);
-    let next: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let next_by = |head: &str| -> Value {
+        let out = ok(&[
+            "personalize",
+            "next",
+            "--prefs",
+            &mine,
+            "--head",
+            head,
+            "--candidates",
+            &probes(&dir),
+            "--json",
+        ]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let next = next_by(&base);
     assert_ne!(next["a"], next["b"]);
     assert!(next["information"].as_f64().unwrap() >= 0.0);
     // A linear head asks by its Laplace posterior; an MLP head knows no uncertainty.
@@ -234,18 +253,46 @@ fn a_vpl_base_picks_the_next_pair() {
         "--out",
         &pal,
     ]);
-    ok(&[
+    let out = fit(&mine, "pal", Some(&pal), &s(&dir.join("mine")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A linear prior from the same population; a person's linear head on it, which the answers
+    // move and which still asks by its posterior.
+    let prior = s(&dir.join("prior"));
+    let out = ok(&[
         "personalize",
-        "fit",
+        "pretrain",
         "--prefs",
-        &mine,
+        &everyone,
         "--head",
-        "pal",
-        "--base",
-        &pal,
+        "linear",
+        "--rank",
+        "1",
         "--out",
-        &s(&dir.join("mine")),
+        &prior,
     ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("linear base"));
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("prior/head.json")).unwrap()).unwrap();
+    assert_eq!(config["rank"], 1);
+    let on_prior = s(&dir.join("on-prior"));
+    let out = fit(&mine, "linear", Some(&prior), &on_prior);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(next_by(&on_prior)["information"].as_f64().unwrap() >= 0.0);
+    let rank = |head: &str| {
+        let out = ok(&[
+            "personalize",
+            "rank",
+            "--head",
+            head,
+            &probes(&dir),
+            "--json",
+        ]);
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    assert_ne!(rank(&prior), rank(&on_prior), "the answers moved the head");
+    // An MLP takes no base.
+    let out = fit(&mine, "mlp", Some(&prior), &s(&dir.join("mlp-on-prior")));
+    assert!(stderr(&out).contains("takes no base"), "{}", stderr(&out));
 }
 
 /// Images recorded with a CLIP, a head fitted on them, then the `personal` reward in ReNO.
@@ -389,13 +436,13 @@ fn bench_reports_every_head_on_simulated_people() {
     ]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = report["rows"].as_array().unwrap();
-    // 3 kinds of people x 4 heads x random/active x 5 answer counts.
-    assert_eq!(rows.len(), 120);
+    // 3 kinds of people x 5 heads x random/active x 5 answer counts.
+    assert_eq!(rows.len(), 150);
     for r in rows {
         let a = r["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&a), "{r}");
     }
-    for head in ["linear", "mlp", "pal", "vpl"] {
+    for head in ["linear", "linear+prior", "mlp", "pal", "vpl"] {
         assert!(report["fit_100_pairs_ms"][head].as_f64().unwrap() > 0.0);
     }
 }

@@ -10,7 +10,7 @@ use pollster::block_on;
 use serde_json::Value;
 use tastebud_core::ComputeDevice;
 use tastebud_core::burn::tensor::Device;
-use tastebud_core::personal::active::choose_next;
+use tastebud_core::personal::active::{PairChoice, choose_next};
 use tastebud_core::personal::fit::{
     FitConfig, HeadSettings, Pairs, PretrainConfig, fit_head, fit_linear, pretrain,
 };
@@ -67,6 +67,7 @@ fn pretrain_config() -> PretrainConfig {
         prototypes: n("prototypes"),
         latent: n("latent"),
         kl_weight: p["kl_weight"].as_f64().unwrap() as f32,
+        rank: n("rank"),
         seed: p["seed"].as_u64().unwrap(),
     }
 }
@@ -161,7 +162,7 @@ fn mlp_head_matches_torch() {
 #[test]
 fn pal_pretraining_and_person_fit_match_torch() {
     let all = Pairs::from_store(&store(), false).unwrap();
-    let base = pretrain(HeadKind::Pal, &all, &pretrain_config(), &device()).unwrap();
+    let base = block_on(pretrain(HeadKind::Pal, &all, &pretrain_config(), &device())).unwrap();
     assert_eq!((base.config.prototypes, base.config.output), (2, 4));
     assert_close(
         "pal base scores",
@@ -197,7 +198,7 @@ fn pal_pretraining_and_person_fit_match_torch() {
 #[test]
 fn vpl_pretraining_posterior_and_bald_match_torch() {
     let all = Pairs::from_store(&store(), false).unwrap();
-    let base = pretrain(HeadKind::Vpl, &all, &pretrain_config(), &device()).unwrap();
+    let base = block_on(pretrain(HeadKind::Vpl, &all, &pretrain_config(), &device())).unwrap();
     assert_close(
         "vpl base scores",
         &scores(&base, false),
@@ -279,40 +280,8 @@ fn linear_laplace_bald_matches_torch() {
         ..HeadSettings::new(HeadKind::Linear)
     };
     let head = block_on(fit_head(&linear, None, &pairs, &device())).unwrap();
-    let b = &settings()["bald"];
-    let choice = block_on(choose_next(
-        &head,
-        &pairs,
-        &probes(),
-        None,
-        &[],
-        None, // the l2 the head was fitted with, from its config
-        b["samples"].as_u64().unwrap() as usize,
-        b["seed"].as_u64().unwrap(),
-        &device(),
-    ))
-    .unwrap()
-    .unwrap();
-    let want = &settings()["laplace_choice"];
-    assert_eq!(
-        (choice.first, choice.second),
-        (
-            want[0].as_u64().unwrap() as usize,
-            want[1].as_u64().unwrap() as usize
-        )
-    );
-    assert_close(
-        "information",
-        &[choice.information],
-        &[want[2].as_f64().unwrap() as f32],
-        1e-4,
-    );
-    assert_close(
-        "p",
-        &[choice.p_first],
-        &[want[3].as_f64().unwrap() as f32],
-        1e-4,
-    );
+    // The l2 the head was fitted with, from its config.
+    let choice = assert_bald_pick(&head, &pairs, "laplace_choice");
     // Asked pairs are skipped; an MLP head has no posterior to ask by.
     let again = block_on(choose_next(
         &head,
@@ -376,6 +345,139 @@ fn linear_laplace_bald_matches_torch() {
     );
 }
 
+/// The population prior over linear heads (mean, principal directions, residual scale) and a
+/// person's MAP head under it, against PyTorch; with no answers, the population's taste.
+#[test]
+fn linear_prior_and_person_fit_match_torch() {
+    let all = Pairs::from_store(&store(), false).unwrap();
+    let base = block_on(pretrain(
+        HeadKind::Linear,
+        &all,
+        &pretrain_config(),
+        &device(),
+    ))
+    .unwrap();
+    assert_eq!(base.config.rank, 1);
+    let HeadModel::Linear(linear) = &base.model else {
+        panic!("a linear base")
+    };
+    let prior = linear.prior.as_ref().expect("a prior");
+    assert_close(
+        "prior mean",
+        &read(linear.linear.weight.val()),
+        &reference("linear_prior.weight"),
+        1e-4,
+    );
+    let u = read(prior.factors.val());
+    let outer: Vec<f32> = u
+        .iter()
+        .flat_map(|a| u.iter().map(move |b| a * b))
+        .collect();
+    assert_close(
+        "U U^T",
+        &outer,
+        &reference("linear_prior.factors_outer"),
+        1e-4,
+    );
+    assert_close(
+        "scale",
+        &read(prior.scale.val()),
+        &reference("linear_prior.scale"),
+        1e-4,
+    );
+    assert_close(
+        "base scores",
+        &scores(&base, false),
+        &reference("linear_prior.scores"),
+        1e-4,
+    );
+    let linear_settings = HeadSettings {
+        fit: fit_config(),
+        ..HeadSettings::new(HeadKind::Linear)
+    };
+    let none = Pairs::from_store(&PreferenceStore::default(), false).unwrap();
+    let nobody = block_on(fit_head(
+        &linear_settings,
+        Some(copy(&base)),
+        &none,
+        &device(),
+    ))
+    .unwrap();
+    assert_close(
+        "no answers: the population's taste",
+        &scores(&nobody, false),
+        &reference("linear_prior.scores"),
+        1e-6,
+    );
+    let mine = Pairs::from_store(&person(1), false).unwrap();
+    let fitted = block_on(fit_head(&linear_settings, Some(base), &mine, &device())).unwrap();
+    assert_eq!((fitted.config.rank, fitted.config.l2), (1, None));
+    assert_close(
+        "person under the prior",
+        &scores(&fitted, false),
+        &reference("linear_prior_user.scores"),
+        1e-4,
+    );
+    // The next pair by its Laplace posterior over the prior's coordinates.
+    assert_bald_pick(&fitted, &mine, "laplace_prior_choice");
+    // A linear head without a prior is no base; an MLP takes none.
+    let plain = block_on(fit_head(&linear_settings, None, &mine, &device())).unwrap();
+    let err = block_on(fit_head(&linear_settings, Some(plain), &mine, &device()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no population prior"), "{err}");
+    let err = block_on(fit_head(
+        &settings_for(HeadKind::Mlp),
+        Some(fitted),
+        &mine,
+        &device(),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("takes no base"), "{err}");
+}
+
+/// The pair BALD picks among the probes by `head`'s posterior equals the reference's `key`
+/// (pair, information, p) in reference.json.
+fn assert_bald_pick(head: &PersonalHead, pairs: &Pairs, key: &str) -> PairChoice {
+    let b = &settings()["bald"];
+    let choice = block_on(choose_next(
+        head,
+        pairs,
+        &probes(),
+        None,
+        &[],
+        None,
+        b["samples"].as_u64().unwrap() as usize,
+        b["seed"].as_u64().unwrap(),
+        &device(),
+    ))
+    .unwrap()
+    .unwrap();
+    let want = &settings()[key];
+    let index = |i: usize| want[i].as_u64().unwrap() as usize;
+    assert_eq!((choice.first, choice.second), (index(0), index(1)), "{key}");
+    assert_close(
+        &format!("{key}: information and p"),
+        &[choice.information, choice.p_first],
+        &[
+            want[2].as_f64().unwrap() as f32,
+            want[3].as_f64().unwrap() as f32,
+        ],
+        1e-4,
+    );
+    choice
+}
+
+/// A head's copy through its files (fitting consumes its base).
+fn copy(head: &PersonalHead) -> PersonalHead {
+    let (json, weights) = head.to_files().unwrap();
+    let mut files = ModelFiles::new("head");
+    files.insert("head.json", json);
+    files.insert("head.safetensors", weights);
+    PersonalHead::from_files(&mut files, &device()).unwrap()
+}
+
 #[test]
 fn head_files_round_trip() {
     let all = Pairs::from_store(&store(), false).unwrap();
@@ -394,8 +496,15 @@ fn head_files_round_trip() {
             &device(),
         ))
         .unwrap(),
-        pretrain(HeadKind::Pal, &all, &pretrain_config(), &device()).unwrap(),
-        pretrain(HeadKind::Vpl, &all, &pretrain_config(), &device()).unwrap(),
+        block_on(pretrain(HeadKind::Pal, &all, &pretrain_config(), &device())).unwrap(),
+        block_on(pretrain(HeadKind::Vpl, &all, &pretrain_config(), &device())).unwrap(),
+        block_on(pretrain(
+            HeadKind::Linear,
+            &all,
+            &pretrain_config(),
+            &device(),
+        ))
+        .unwrap(),
     ];
     for head in heads {
         // A fitted head only scores: trainable weights would record a graph on the autodiff
@@ -412,7 +521,9 @@ fn head_files_round_trip() {
         files.insert("head.safetensors", weights);
         let loaded = PersonalHead::from_files(&mut files, &device()).unwrap();
         assert_eq!(loaded.config, head.config);
-        let fitted_here = matches!(head.config.kind, HeadKind::Linear | HeadKind::Mlp);
+        // The L2 of a head fitted from scratch (a prior replaces it).
+        let fitted_here =
+            matches!(head.config.kind, HeadKind::Linear | HeadKind::Mlp) && head.config.rank == 0;
         assert_eq!(head.config.l2.is_some(), fitted_here);
         let context = head.config.context;
         assert_close(
@@ -427,7 +538,14 @@ fn head_files_round_trip() {
 /// How many of a head's weights (those a fit trains, and a shared one) still require grad.
 fn weights_requiring_grad(head: &PersonalHead) -> usize {
     let flags = match &head.model {
-        HeadModel::Linear(h) => vec![h.linear.weight.val().is_require_grad()],
+        HeadModel::Linear(h) => {
+            let mut flags = vec![h.linear.weight.val().is_require_grad()];
+            if let Some(p) = &h.prior {
+                flags.push(p.factors.val().is_require_grad());
+                flags.push(p.scale.val().is_require_grad());
+            }
+            flags
+        }
         HeadModel::Mlp(h) => vec![
             h.hidden.weight.val().is_require_grad(),
             h.out.weight.val().is_require_grad(),
@@ -563,7 +681,7 @@ fn too_few_pairs_ties_and_wrong_dimensions_are_explained() {
         err.to_string().contains("personalize pretrain --head pal"),
         "{err}"
     );
-    let base = pretrain(HeadKind::Vpl, &all, &pretrain_config(), &device()).unwrap();
+    let base = block_on(pretrain(HeadKind::Vpl, &all, &pretrain_config(), &device())).unwrap();
     let base_scores = scores(&base, false);
     let empty = Pairs::from_store(&PreferenceStore::default(), false).unwrap();
     let prior = block_on(fit_head(
@@ -588,7 +706,7 @@ fn too_few_pairs_ties_and_wrong_dimensions_are_explained() {
         matches!(err, Error::BadArgument { .. }) && err.to_string().contains("this head reads 8"),
         "{err}"
     );
-    let base = pretrain(HeadKind::Pal, &all, &pretrain_config(), &device()).unwrap();
+    let base = block_on(pretrain(HeadKind::Pal, &all, &pretrain_config(), &device())).unwrap();
     let mut wide = person(0);
     for r in &mut wide.records {
         r.a.embedding = Some(vec![0.5; 9]);

@@ -129,7 +129,11 @@ pub struct PretrainArgs {
     /// VPL's latent size.
     #[arg(long, default_value_t = 8)]
     latent: usize,
-    /// Adam steps over all the pairs.
+    /// A linear prior's rank: how many directions of people's tastes it keeps.
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// Adam steps over all the pairs (PAL, VPL; a linear prior fits each person's head with
+    /// `fit`'s defaults).
     #[arg(long, default_value_t = 600)]
     steps: usize,
     /// The base folder to write (head.json + head.safetensors).
@@ -142,10 +146,12 @@ pub struct FitArgs {
     /// The person's preference file (records need embeddings: record them with --clip).
     #[arg(long)]
     prefs: PathBuf,
-    /// linear or mlp (from scratch), pal or vpl (on a --base).
+    /// linear (from scratch, or on a --base from `pretrain --head linear`: the population as
+    /// its prior), mlp (from scratch), pal or vpl (on a --base).
     #[arg(long, value_enum)]
     head: HeadArg,
-    /// The population base PAL and VPL heads start from (`personalize pretrain`).
+    /// The population base PAL and VPL heads start from, or a linear head's prior
+    /// (`personalize pretrain`).
     #[arg(long)]
     base: Option<PathBuf>,
     /// The head folder to write (head.json + head.safetensors).
@@ -464,10 +470,11 @@ fn pretrain_base(args: &PretrainArgs) -> Result<()> {
         steps: args.steps,
         prototypes: args.prototypes,
         latent: args.latent,
+        rank: args.rank,
         ..PretrainConfig::default()
     };
     let started = Instant::now();
-    let mut head = pretrain(args.head.kind(), &pairs, &config, &head_device())?;
+    let mut head = pollster::block_on(pretrain(args.head.kind(), &pairs, &config, &head_device()))?;
     head.config.embedding_model = all.embedding_model.clone();
     save_head(&head, &args.out)?;
     println!(
@@ -653,14 +660,15 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let population = simulate::population(&world, 60, 40, config.noise, args.seed + 10);
     let population = Pairs::from_store(&population, false)?;
     let mut fit_ms = vec![];
-    for kind in [
-        HeadKind::Linear,
-        HeadKind::Mlp,
-        HeadKind::Pal,
-        HeadKind::Vpl,
+    for (name, kind, on_base) in [
+        ("linear", HeadKind::Linear, false),
+        ("linear+prior", HeadKind::Linear, true),
+        ("mlp", HeadKind::Mlp, false),
+        ("pal", HeadKind::Pal, true),
+        ("vpl", HeadKind::Vpl, true),
     ] {
-        let base = match kind {
-            HeadKind::Pal | HeadKind::Vpl => Some(pretrain(
+        let base = match on_base {
+            true => Some(pollster::block_on(pretrain(
                 kind,
                 &population,
                 &PretrainConfig {
@@ -668,8 +676,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
                     ..config.pretrain.clone()
                 },
                 &device,
-            )?),
-            _ => None,
+            ))?),
+            false => None,
         };
         let started = Instant::now();
         pollster::block_on(fit_head(
@@ -681,11 +689,11 @@ fn bench(args: &BenchArgs) -> Result<()> {
             &pairs,
             &device,
         ))?;
-        fit_ms.push((kind, started.elapsed().as_secs_f64() * 1e3));
+        fit_ms.push((name, started.elapsed().as_secs_f64() * 1e3));
     }
     if args.json {
         let out = json!({"config": config, "rows": rows, "fit_100_pairs_ms": fit_ms.iter()
-            .map(|(k, ms)| (k.name().to_string(), json!(ms))).collect::<serde_json::Map<_, _>>(),
+            .map(|(k, ms)| (k.to_string(), json!(ms))).collect::<serde_json::Map<_, _>>(),
             "seconds": started.elapsed().as_secs_f64()});
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -720,13 +728,13 @@ fn bench(args: &BenchArgs) -> Result<()> {
         println!(
             "| {} | {} | {selection} | {} |",
             kind.name(),
-            head.name(),
+            head,
             cells.join(" | ")
         );
     }
     println!();
-    for (kind, ms) in fit_ms {
-        println!("fit {} on 100 pairs: {ms:.0} ms", kind.name());
+    for (name, ms) in fit_ms {
+        println!("fit {name} on 100 pairs: {ms:.0} ms");
     }
     Ok(())
 }

@@ -2,8 +2,8 @@
 // answered pairs of 768-dimensional unit embeddings (CLIP ViT-L/14's size), answered by a
 // hidden linear taste; each head kind fitted with `personalize fit`'s defaults, natively
 // (`tastebud personalize fit`, which reports its fit time) and in headless Chromium through
-// the JS package (`Head.fit`, CPU backend, wasm). PAL and VPL start from a base pretrained
-// natively on 20 simulated people (pretraining is not timed). Prints a markdown table.
+// the JS package (`Head.fit`, CPU backend, wasm). PAL, VPL and linear+prior start from a base
+// pretrained natively on 20 simulated people (pretraining is not timed). Prints a markdown table.
 //
 //   node tests/bench/personal_browser_bench.mjs $CARGO_TARGET_DIR/debug/tastebud [runs=3]
 //
@@ -44,26 +44,27 @@ fs.writeFileSync(mine, JSON.stringify(prefs(100, 1)));
 fs.writeFileSync(population, JSON.stringify(prefs(20, 20)));
 const run = (args) => execFileSync(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
 const bases = {};
-for (const kind of ['pal', 'vpl']) {
-  bases[kind] = path.join(dir, `${kind}-base`);
-  run(['personalize', 'pretrain', '--prefs', population, '--head', kind, '--steps', '20', '--out', bases[kind]]);
+for (const [name, kind] of [['pal', 'pal'], ['vpl', 'vpl'], ['linear+prior', 'linear']]) {
+  bases[name] = path.join(dir, `${kind}-base`);
+  run(['personalize', 'pretrain', '--prefs', population, '--head', kind, '--steps', '20', '--out', bases[name]]);
 }
 const median = (v) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
 
 const rows = [];
 const { server, browser, base } = await startBrowser();
 try {
-  for (const kind of ['linear', 'mlp', 'pal', 'vpl']) {
+  for (const name of ['linear', 'linear+prior', 'mlp', 'pal', 'vpl']) {
+    const kind = name.split('+')[0];
     const native = [];
     for (let r = 0; r < RUNS; r++) {
       const args = ['personalize', 'fit', '--prefs', mine, '--head', kind, '--out', path.join(dir, kind), '--json'];
-      if (bases[kind]) args.push('--base', bases[kind]);
+      if (bases[name]) args.push('--base', bases[name]);
       native.push(JSON.parse(run(args)).fit_ms);
     }
     const page = await browser.newPage();
     await page.goto(`${base}/tests/browser/blank.html`);
-    const baseFiles = bases[kind]
-      ? ['head.json', 'head.safetensors'].map((f) => Array.from(fs.readFileSync(path.join(bases[kind], f))))
+    const baseFiles = bases[name]
+      ? ['head.json', 'head.safetensors'].map((f) => Array.from(fs.readFileSync(path.join(bases[name], f))))
       : null;
     const web = await page.evaluate(async ({ store, kind, baseFiles, runs }) => {
       const { default: init, Head } = await import('/web/pkg/tastebud_web.js');
@@ -79,7 +80,7 @@ try {
       return times;
     }, { store: JSON.parse(fs.readFileSync(mine)), kind, baseFiles, runs: RUNS });
     await page.close();
-    rows.push([kind, median(native), median(web)]);
+    rows.push([name, median(native), median(web)]);
   }
 } finally {
   await browser.close();

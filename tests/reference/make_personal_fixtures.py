@@ -7,6 +7,8 @@ core/src/personal fitted in PyTorch exactly as Tastebud fits it, from the same s
   xoshiro256++, uniform = ((x >> 11) + 1) / 2^53, Box-Muller), drawn in the same order, so the
   PyTorch run starts where Tastebud's does; Adam is torch's (burn's with epsilon 1e-8).
 - linear / linear_ctx: person 0's linear head (zero start; with and without the prompt).
+- linear_prior: the population prior over linear heads (each person's linear head; mean, rank-1
+  principal directions, residual scale), linear_prior_user: person 1's MAP head under it.
 - mlp: person 0's MLP head (hidden 6, seed 3).
 - pal_base: PAL pretrained on all three people (K 2, d' 4, hidden 6), then pal_user: person 1's
   mixture fitted on it.
@@ -243,7 +245,9 @@ def main():
     settings = {"fit": {"steps": 50, "lr": 0.05, "l2": 1e-3},
                 "mlp": {"hidden": 6, "seed": 3},
                 "pretrain": {"steps": 40, "lr": 0.01, "hidden": 6, "output": 4, "prototypes": 2, "latent": 3,
-                             "kl_weight": 0.01, "seed": 5},
+                             "kl_weight": 0.01, "rank": 1, "seed": 5},
+                # What a linear prior fits each population person with (`personalize fit`'s defaults).
+                "prior_fit": {"steps": 200, "lr": 0.05, "l2": 1e-3},
                 "bald": {"samples": 16, "seed": 7}}
     fit, pre = settings["fit"], settings["pretrain"]
     out = {"probes": probes, "probe_prompt": probe_prompt[0]}
@@ -269,16 +273,65 @@ def main():
                              + diffs.T @ (c[:, None] * diffs))
     b = settings["bald"]
     eps = torch.from_numpy(Rng(b["seed"]).gaussian(b["samples"]).astype(np.float64))
-    ent = lambda q: -(q * q.clamp_min(1e-300).log() + (1 - q) * (1 - q).clamp_min(1e-300).log())
-    best = None
-    for i in range(6):
-        for j in range(i + 1, 6):
-            d = (probes[i] - probes[j]).double()
-            ps = torch.sigmoid(w @ d + torch.sqrt(d @ h_inv @ d) * eps)
-            info = float(ent(ps.mean()) - ent(ps).mean())
-            if best is None or info > best[2]:
-                best = (i, j, info, float(ps.mean()))
-    settings["laplace_choice"] = best
+
+    def laplace_bald(w, variance):
+        """The probe pair BALD picks when margins are N(w . d, variance(d))."""
+        ent = lambda q: -(q * q.clamp_min(1e-300).log() + (1 - q) * (1 - q).clamp_min(1e-300).log())
+        best = None
+        for i in range(6):
+            for j in range(i + 1, 6):
+                d = (probes[i] - probes[j]).double()
+                ps = torch.sigmoid(w @ d + torch.sqrt(variance(d)) * eps)
+                info = float(ent(ps.mean()) - ent(ps).mean())
+                if best is None or info > best[2]:
+                    best = (i, j, info, float(ps.mean()))
+        return best
+
+    settings["laplace_choice"] = laplace_bald(w, lambda d: d @ h_inv @ d)
+
+    # Linear prior: every person's linear head, their mean and top principal directions (scaled
+    # by their spread; compared as U U^T, which no eigenvector sign changes), then person 1's
+    # head as the MAP under it: w = mean + U a + scale b, Adam on (a, b) from zero.
+    heads = []
+    for u in range(3):
+        p = Pairs(person(u))
+        fa, fb = p.phi()
+        w = torch.zeros(D, requires_grad=True)
+        pf = settings["prior_fit"]
+        adam([w], pf["steps"], pf["lr"],
+             lambda _: bt_loss(fa @ w, fb @ w, p.y) + pf["l2"] / 2 * (w ** 2).sum())
+        heads.append(w.detach().double())
+    heads = torch.stack(heads)
+    mean = heads.mean(0)
+    centred = heads - mean
+    _, spread, directions = torch.linalg.svd(centred, full_matrices=False)
+    r = pre["rank"]
+    factors = (directions[:r].T * spread[:r] / math.sqrt(len(heads))).float()
+    residual = centred - centred @ directions[:r].T @ directions[:r]
+    scale = torch.tensor([math.sqrt(float((residual ** 2).mean()))])
+    mean = mean.float()
+    out["linear_prior.weight"] = mean[None]
+    out["linear_prior.factors_outer"] = factors @ factors.T
+    out["linear_prior.scale"] = scale
+    out["linear_prior.scores"] = probes @ mean
+    p = Pairs(person(1))
+    fa, fb = p.phi()
+    a = torch.zeros(r, requires_grad=True)
+    b = torch.zeros(D, requires_grad=True)
+    weight = lambda: mean + factors @ a + scale * b
+    adam([a, b], fit["steps"], fit["lr"],
+         lambda _: bt_loss(fa @ weight(), fb @ weight(), p.y)
+         + ((a ** 2).sum() + (b ** 2).sum()) / (2 * len(p.y)))
+    out["linear_prior_user.weight"] = weight().detach()[None]
+    out["linear_prior_user.scores"] = (probes @ weight()).detach()
+    # Its Laplace posterior is over (a, b): features [U^T d, scale d], unit prior precision.
+    w = weight().detach().double()
+    coords = lambda d: torch.cat([factors.double().T @ d, scale.double() * d])
+    diffs = (fa - fb).double()
+    c = torch.sigmoid(diffs @ w) * (1 - torch.sigmoid(diffs @ w))
+    phis = torch.stack([coords(d) for d in diffs])
+    h_inv = torch.linalg.inv(torch.eye(r + D, dtype=torch.float64) + phis.T @ (c[:, None] * phis))
+    settings["laplace_prior_choice"] = laplace_bald(w, lambda d: coords(d) @ h_inv @ coords(d))
 
     # MLP head of person 0.
     p = Pairs(person(0))

@@ -41,7 +41,8 @@ pub struct Head {
 #[wasm_bindgen]
 impl Head {
     /// Fits a head of `kind` (`linear`, `mlp`, `pal`, `vpl`) to a preference file (its JSON
-    /// bytes; every record needs its embeddings). PAL and VPL start from a pretrained `base`.
+    /// bytes; every record needs its embeddings). PAL and VPL start from a pretrained `base`; a
+    /// linear head may too (a population prior from `personalize pretrain --head linear`).
     /// `context`: read the prompt too (records need prompt embeddings). `steps`/`lr`/`l2`:
     /// `tastebud personalize fit`'s defaults when `undefined`.
     pub async fn fit(

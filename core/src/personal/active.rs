@@ -6,7 +6,10 @@
 //!   `H = n l2 I + sum_i p_i (1 - p_i) d_i d_i^T` over the answered pairs' feature differences
 //!   `d_i` (the fit minimises the mean loss plus `l2 / 2 |w|^2`, i.e. `n` times that in total);
 //!   a candidate pair's margin is then `N(w . d, d^T H^-1 d)`. `H` is only ever used through
-//!   Woodbury's identity, so the cost grows with the answered pairs, not the dimension;
+//!   Woodbury's identity, so the cost grows with the answered pairs, not the dimension. A head
+//!   fitted under a population prior ([`super::prior`]) has its posterior over `(a, b)`
+//!   instead (`w = mean + U a + scale b`, prior `N(0, I)`): the same formulas with features
+//!   `[U^T d, scale d]` and unit prior precision;
 //! - a VPL head's is its latent posterior ([`super::vpl::VplHead::choose_pair`]).
 
 use burn::tensor::Device;
@@ -91,12 +94,29 @@ pub fn most_informative_pair(
     })
 }
 
+/// The prior a linear head was fitted under.
+#[derive(Debug, Clone, Copy)]
+pub enum LinearPriorShape<'a> {
+    /// `N(0, I / (n l2))` (an L2 penalty on the mean loss).
+    Isotropic { l2: f32 },
+    /// A population prior: `factors` `[input, rank]` row-major, and `scale`.
+    Population {
+        factors: &'a [f32],
+        rank: usize,
+        scale: f32,
+    },
+}
+
 /// A linear head's Laplace posterior, kept in Woodbury form.
 #[derive(Debug, Clone)]
 pub struct LaplacePosterior {
     weights: Vec<f64>,
-    /// `n l2`: the prior precision.
+    /// The prior precision in the posterior's coordinates (`n l2`, or 1 under a population
+    /// prior).
     precision: f64,
+    /// Under a population prior: `U` (`[input, rank]`) and `scale`, mapping features `d` to the
+    /// coordinates `[U^T d, scale d]`.
+    population: Option<(Vec<f64>, usize, f64)>,
     /// Rows `sqrt(p_i (1 - p_i)) d_i`, `[n, d]`.
     scaled: Vec<Vec<f64>>,
     /// Cholesky factor (lower) of `precision I + scaled scaled^T`, `[n, n]`.
@@ -109,19 +129,42 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 impl LaplacePosterior {
     /// From the fitted weights, the answered pairs' feature differences (`phi(a) - phi(b)`)
-    /// and the fit's `l2`.
-    pub fn new(weights: &[f32], differences: &[Vec<f32>], l2: f32) -> Self {
+    /// and the prior of the fit.
+    pub fn new(weights: &[f32], differences: &[Vec<f32>], prior: LinearPriorShape) -> Self {
         let weights: Vec<f64> = weights.iter().map(|&w| f64::from(w)).collect();
         let n = differences.len();
-        // The prior alone when nothing was answered (or l2 is 0: keep it proper).
-        let precision = (n.max(1) as f64 * f64::from(l2)).max(1e-6);
+        let (precision, population) = match prior {
+            // The prior alone when nothing was answered (or l2 is 0: keep it proper).
+            LinearPriorShape::Isotropic { l2 } => {
+                ((n.max(1) as f64 * f64::from(l2)).max(1e-6), None)
+            }
+            LinearPriorShape::Population {
+                factors,
+                rank,
+                scale,
+            } => (
+                1.0,
+                Some((
+                    factors.iter().map(|&v| f64::from(v)).collect(),
+                    rank,
+                    f64::from(scale),
+                )),
+            ),
+        };
+        let mut posterior = Self {
+            weights,
+            precision,
+            population,
+            scaled: vec![],
+            cholesky: vec![],
+        };
         let scaled: Vec<Vec<f64>> = differences
             .iter()
             .map(|d| {
                 let d: Vec<f64> = d.iter().map(|&v| f64::from(v)).collect();
-                let p = sigmoid(dot(&weights, &d));
+                let p = sigmoid(dot(&posterior.weights, &d));
                 let c = (p * (1.0 - p)).sqrt();
-                d.iter().map(|v| v * c).collect()
+                posterior.coordinates(&d).iter().map(|v| v * c).collect()
             })
             .collect();
         let mut cholesky = vec![vec![0.0; n]; n];
@@ -136,11 +179,25 @@ impl LaplacePosterior {
                 };
             }
         }
-        Self {
-            weights,
-            precision,
-            scaled,
-            cholesky,
+        posterior.scaled = scaled;
+        posterior.cholesky = cholesky;
+        posterior
+    }
+
+    /// Features in the posterior's coordinates: `d`, or `[U^T d, scale d]` under a population
+    /// prior.
+    fn coordinates(&self, d: &[f64]) -> Vec<f64> {
+        match &self.population {
+            None => d.to_vec(),
+            Some((factors, rank, scale)) => (0..*rank)
+                .map(|c| {
+                    d.iter()
+                        .enumerate()
+                        .map(|(k, v)| v * factors[k * rank + c])
+                        .sum()
+                })
+                .chain(d.iter().map(|v| v * scale))
+                .collect(),
         }
     }
 
@@ -173,6 +230,8 @@ impl LaplacePosterior {
             .iter()
             .map(|c| c.iter().map(|&v| f64::from(v)).collect())
             .collect();
+        let means: Vec<f64> = phi.iter().map(|p| dot(&self.weights, p)).collect();
+        let phi: Vec<Vec<f64>> = phi.iter().map(|p| self.coordinates(p)).collect();
         // K = Phi H^-1 Phi^T = (Phi Phi^T - (S Phi^T)^T M^-1 (S Phi^T)) / precision.
         let projected: Vec<Vec<f64>> = phi
             .iter()
@@ -183,7 +242,6 @@ impl LaplacePosterior {
             (dot(&phi[i], &phi[j]) - dot(&projected[i], &solved[j])) / self.precision
         };
         let diag: Vec<f64> = (0..n).map(|i| k(i, i)).collect();
-        let means: Vec<f64> = phi.iter().map(|p| dot(&self.weights, p)).collect();
         let eps: Vec<f64> = Rng::new(seed)
             .gaussian(samples.max(1))
             .into_iter()
@@ -281,7 +339,19 @@ pub async fn choose_next(
             let l2 = l2
                 .or(head.config.l2)
                 .unwrap_or(super::fit::FitConfig::default().l2);
-            let posterior = LaplacePosterior::new(&weights, &differences, l2);
+            let factors;
+            let prior = match &linear.prior {
+                None => LinearPriorShape::Isotropic { l2 },
+                Some(p) => {
+                    factors = read_f32(p.factors.val()).await?;
+                    LinearPriorShape::Population {
+                        factors: &factors,
+                        rank: p.factors.val().dims()[1],
+                        scale: read_f32(p.scale.val()).await?[0],
+                    }
+                }
+            };
+            let posterior = LaplacePosterior::new(&weights, &differences, prior);
             Ok(posterior.choose_pair(&host_features(candidates, context), asked, samples, seed))
         }
         HeadModel::Vpl(vpl) => {

@@ -144,7 +144,7 @@ impl Pairs {
     }
 
     /// `phi` for both sides: `[n, input]` each.
-    fn features(&self, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    pub(crate) fn features(&self, device: &Device) -> (Tensor<2>, Tensor<2>) {
         let t = self.context.as_deref().map(|c| self.matrix(c, device));
         (
             features(self.matrix(&self.a, device), t.clone()),
@@ -152,7 +152,7 @@ impl Pairs {
         )
     }
 
-    fn targets(&self, device: &Device) -> Tensor<1> {
+    pub(crate) fn targets(&self, device: &Device) -> Tensor<1> {
         Tensor::from_data(TensorData::new(self.target.clone(), [self.len()]), device)
     }
 }
@@ -187,7 +187,7 @@ impl Default for FitConfig {
     }
 }
 
-/// Population pretraining settings (PAL and VPL).
+/// Population pretraining settings (linear prior, PAL and VPL).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PretrainConfig {
     pub steps: usize,
@@ -201,6 +201,8 @@ pub struct PretrainConfig {
     pub latent: usize,
     /// VPL's KL weight.
     pub kl_weight: f32,
+    /// The linear prior's rank (principal directions of people's tastes).
+    pub rank: usize,
     pub seed: u64,
 }
 
@@ -214,13 +216,14 @@ impl Default for PretrainConfig {
             prototypes: 4,
             latent: 8,
             kl_weight: 0.01,
+            rank: 16,
             seed: 0,
         }
     }
 }
 
 /// Full-batch Adam on `module` for `steps` steps of `loss`.
-fn adam<M: Module>(
+pub(crate) fn adam<M: Module>(
     mut module: M,
     steps: usize,
     lr: f64,
@@ -554,13 +557,10 @@ pub async fn fit_head(
     let mut config = HeadConfig::new(kind, pairs.dimension, pairs.context.is_some());
     config.pairs = pairs.len();
     let base = match (kind, base) {
-        (HeadKind::Linear | HeadKind::Mlp, Some(_)) => {
+        (HeadKind::Mlp, Some(_)) => {
             return Err(Error::argument(
                 "base",
-                format!(
-                    "a {} head is fitted from scratch: it takes no base",
-                    kind.name()
-                ),
+                "an mlp head is fitted from scratch: it takes no base",
             ));
         }
         (HeadKind::Pal | HeadKind::Vpl, None) => {
@@ -611,6 +611,9 @@ pub async fn fit_head(
         };
     }
     let model = match (kind, base.map(|b| b.model)) {
+        (HeadKind::Linear, Some(HeadModel::Linear(base))) => HeadModel::Linear(
+            super::prior::fit_with_prior(&base, pairs, &settings.fit, device)?,
+        ),
         (HeadKind::Linear, _) => {
             config.l2 = Some(settings.fit.l2);
             HeadModel::Linear(fit_linear(pairs, &settings.fit, device)?)
@@ -634,8 +637,9 @@ pub async fn fit_head(
     })
 }
 
-/// A population base of `kind` (PAL or VPL) from many people's pairs (`user` set per record).
-pub fn pretrain(
+/// A population base of `kind` (linear prior, PAL or VPL) from many people's pairs (`user` set
+/// per record).
+pub async fn pretrain(
     kind: HeadKind,
     pairs: &Pairs,
     config: &PretrainConfig,
@@ -644,6 +648,14 @@ pub fn pretrain(
     let mut head = HeadConfig::new(kind, pairs.dimension, pairs.context.is_some());
     head.hidden = config.hidden;
     let model = match kind {
+        HeadKind::Linear => {
+            let base =
+                super::prior::pretrain_linear(pairs, config.rank, &FitConfig::default(), device)
+                    .await?;
+            head.hidden = 0;
+            head.rank = base.prior.as_ref().map_or(0, |p| p.factors.val().dims()[1]);
+            HeadModel::Linear(base)
+        }
         HeadKind::Pal => {
             head.output = config.output;
             head.prototypes = config.prototypes.max(1);
@@ -657,7 +669,7 @@ pub fn pretrain(
             return Err(Error::argument(
                 "head",
                 format!(
-                    "{} heads are fitted per person: only pal and vpl are pretrained",
+                    "{} heads are fitted per person: only linear, pal and vpl are pretrained",
                     other.name()
                 ),
             ));

@@ -64,10 +64,22 @@ pub(crate) fn linear(
     Linear { weight, bias }
 }
 
-/// `r = w . phi`.
+/// `r = w . phi`; with a population prior (`personalize pretrain --head linear`), `w` is the
+/// prior's mean until the person's answers move it.
 #[derive(Module, Debug)]
 pub struct LinearHead {
     pub linear: Linear,
+    pub prior: Option<LinearPrior>,
+}
+
+/// The population's prior over a person's `w`: `N(mean, U U^T + scale^2 I)`, the mean being the
+/// head's own weight; see [`super::prior`].
+#[derive(Module, Debug)]
+pub struct LinearPrior {
+    /// `U`, `[input, rank]`: the directions people's tastes vary along, scaled by how much.
+    pub factors: Param<Tensor<2>>,
+    /// `[1]`: the spread in every other direction.
+    pub scale: Param<Tensor<1>>,
 }
 
 impl LinearHead {
@@ -78,6 +90,18 @@ impl LinearHead {
                 weight: param(vec![0.0; input], [input, 1], device),
                 bias: None,
             },
+            prior: None,
+        }
+    }
+
+    /// A head of this shape with a rank-`rank` prior (zeros: loading fills it).
+    pub fn with_prior(input: usize, rank: usize, device: &Device) -> Self {
+        Self {
+            prior: Some(LinearPrior {
+                factors: param(vec![0.0; input * rank], [input, rank], device),
+                scale: param(vec![0.0], [1], device),
+            }),
+            ..Self::new(input, device)
         }
     }
 

@@ -5,6 +5,7 @@
 //! - [`active`]: the next pair to ask about (BALD over a linear head's Laplace posterior or a
 //!   VPL head's latent posterior);
 //! - [`fit`]: Bradley-Terry fitting of a person's head and pretraining of population bases;
+//! - [`prior`]: the population as a prior for a person's linear head;
 //! - [`simulate`]: simulated people with hidden utilities, and the benchmark over them.
 //!
 //! A head is saved as `head.json` ([`HeadConfig`]) + `head.safetensors` (PyTorch layouts), and
@@ -13,6 +14,7 @@
 pub mod active;
 pub mod fit;
 pub mod heads;
+pub mod prior;
 pub mod simulate;
 pub mod store;
 pub mod vpl;
@@ -94,10 +96,17 @@ pub struct HeadConfig {
     /// Answered pairs the person's part was fitted on (0 for a population base).
     #[serde(default)]
     pub pairs: usize,
+    /// A linear head's population prior: the rank of its factors (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rank: usize,
     /// The L2 penalty a linear or MLP head was fitted with: its Laplace posterior (which pair
     /// to ask next) depends on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l2: Option<f32>,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 impl HeadConfig {
@@ -114,6 +123,7 @@ impl HeadConfig {
             latent: 0,
             embedding_model: None,
             pairs: 0,
+            rank: 0,
             l2: None,
         }
     }
@@ -151,11 +161,18 @@ impl HeadConfig {
             ("output", self.output, self.kind == HeadKind::Pal),
             ("prototypes", self.prototypes, self.kind == HeadKind::Pal),
             ("latent", self.latent, self.kind == HeadKind::Vpl),
+            ("rank", self.rank, false),
         ];
         for (name, v, needed) in sizes {
             if (needed && v == 0) || v > 1 << 16 {
                 return Err(bad(format!("`{name}` is {v}")));
             }
+        }
+        if self.rank > 0 && self.kind != HeadKind::Linear {
+            return Err(bad(format!(
+                "`rank` is {}: only linear heads have a prior",
+                self.rank
+            )));
         }
         Ok(())
     }
@@ -287,7 +304,11 @@ impl PersonalHead {
         let mut rng = crate::noise::Rng::new(0);
         let model = match c.kind {
             HeadKind::Linear => HeadModel::Linear(weights::load_into(
-                LinearHead::new(c.input(), device),
+                if c.rank > 0 {
+                    LinearHead::with_prior(c.input(), c.rank, device)
+                } else {
+                    LinearHead::new(c.input(), device)
+                },
                 &file,
                 bytes,
                 &[],

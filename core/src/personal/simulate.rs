@@ -281,7 +281,8 @@ impl Default for BenchConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRow {
     pub kind: UserKind,
-    pub head: HeadKind,
+    /// The head's name (`linear+prior`: a linear head on the population prior).
+    pub head: &'static str,
     pub selection: &'static str,
     pub answered: usize,
     pub accuracy: f32,
@@ -316,6 +317,8 @@ enum Selection<'a> {
     Linear(&'a FitConfig),
     /// Where a VPL base, given the answers so far, is least sure (latent BALD).
     Vpl(&'a PersonalHead),
+    /// Where a linear head fitted under this population prior is least sure (Laplace BALD).
+    Prior(&'a PersonalHead, &'a FitConfig),
 }
 
 /// The `count` pairs a person answers, from their pool, chosen by `selection` (at random while
@@ -354,6 +357,17 @@ async fn ask(
                 )
                 .await?
             }
+            Selection::Prior(base, fit) => {
+                let settings = HeadSettings {
+                    fit: fit.clone(),
+                    ..HeadSettings::new(HeadKind::Linear)
+                };
+                let head = fit_head(&settings, Some(copy_head(base)), &pairs, device).await?;
+                choose_next(
+                    &head, &pairs, &case.pool, None, &asked, None, samples, seed, device,
+                )
+                .await?
+            }
         };
         let (i, j) = match chosen {
             Some(c) => (c.first, c.second),
@@ -373,11 +387,13 @@ async fn ask(
     Ok(store)
 }
 
-const HEADS: [HeadKind; 4] = [
-    HeadKind::Linear,
-    HeadKind::Mlp,
-    HeadKind::Pal,
-    HeadKind::Vpl,
+/// The heads the bench fits, by name: `linear+prior` is a linear head on the population prior.
+const HEADS: [(&str, HeadKind); 5] = [
+    ("linear", HeadKind::Linear),
+    ("mlp", HeadKind::Mlp),
+    ("linear+prior", HeadKind::Linear),
+    ("pal", HeadKind::Pal),
+    ("vpl", HeadKind::Vpl),
 ];
 
 /// Runs the benchmark; `progress` hears each finished (kind, user) pair.
@@ -401,14 +417,17 @@ pub async fn bench(
     );
     let pairs = Pairs::from_store(&population, false)?;
     progress("pretraining the PAL base");
-    let pal = pretrain(HeadKind::Pal, &pairs, &config.pretrain, device)?;
+    let pal = pretrain(HeadKind::Pal, &pairs, &config.pretrain, device).await?;
     progress("pretraining the VPL base");
-    let vpl = pretrain(HeadKind::Vpl, &pairs, &config.pretrain, device)?;
+    let vpl = pretrain(HeadKind::Vpl, &pairs, &config.pretrain, device).await?;
+    progress("pretraining the linear prior");
+    let prior = pretrain(HeadKind::Linear, &pairs, &config.pretrain, device).await?;
     let mut rows = vec![];
     let mut rng = Rng::new(config.seed + 2);
     let max_answered = config.answered.iter().copied().max().unwrap_or(0);
     for kind in UserKind::ALL {
-        let mut sums = std::collections::BTreeMap::<(&str, &'static str, usize), f32>::new();
+        let mut sums =
+            std::collections::BTreeMap::<(&'static str, &'static str, usize), f32>::new();
         for u in 0..config.users {
             let user = User::new(&world, kind, config.noise, &mut rng);
             let pool = world.images(config.pool, &mut rng);
@@ -427,12 +446,17 @@ pub async fn bench(
                 held_b,
                 truth,
             };
-            // Linear and MLP heads are asked where a linear head is unsure; PAL and VPL where
-            // the VPL base is.
+            // Linear and MLP heads are asked where a linear head is unsure, the prior's linear
+            // head where it is unsure, PAL and VPL where the VPL base is.
             let sequences = [
                 ("random", Selection::Random, HEADS.as_slice()),
                 ("active", Selection::Linear(&config.fit), &HEADS[..2]),
-                ("active", Selection::Vpl(&vpl), &HEADS[2..]),
+                (
+                    "active",
+                    Selection::Prior(&prior, &config.fit),
+                    &HEADS[2..3],
+                ),
+                ("active", Selection::Vpl(&vpl), &HEADS[3..]),
             ];
             for (selection, how, heads) in sequences {
                 let asked = ask(&case, max_answered, how, config.samples, &mut rng, device).await?;
@@ -440,10 +464,11 @@ pub async fn bench(
                     let mut store = asked.clone();
                     store.records.truncate(n);
                     let pairs = Pairs::from_store(&store, false)?;
-                    for &kind_of_head in heads {
-                        let base = match kind_of_head {
-                            HeadKind::Pal => Some(copy_head(&pal)),
-                            HeadKind::Vpl => Some(copy_head(&vpl)),
+                    for &(name, kind_of_head) in heads {
+                        let base = match name {
+                            "pal" => Some(copy_head(&pal)),
+                            "vpl" => Some(copy_head(&vpl)),
+                            "linear+prior" => Some(copy_head(&prior)),
                             _ => None,
                         };
                         let settings = HeadSettings {
@@ -451,7 +476,7 @@ pub async fn bench(
                             ..HeadSettings::new(kind_of_head)
                         };
                         let head = fit_head(&settings, base, &pairs, device).await?;
-                        *sums.entry((kind_of_head.name(), selection, n)).or_default() +=
+                        *sums.entry((name, selection, n)).or_default() +=
                             accuracy(&head, &case, device).await?;
                     }
                 }
@@ -461,7 +486,7 @@ pub async fn bench(
         for ((head, selection, answered), sum) in sums {
             rows.push(BenchRow {
                 kind,
-                head: HeadKind::parse(head)?,
+                head,
                 selection,
                 answered,
                 accuracy: sum / config.users as f32,
