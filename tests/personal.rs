@@ -420,6 +420,20 @@ fn linear_prior_and_person_fit_match_torch() {
     );
     // The next pair by its Laplace posterior over the prior's coordinates.
     assert_bald_pick(&fitted, &mine, "laplace_prior_choice");
+    // A person's head carries the prior, not their last fit, as the base for a refit.
+    let refitted = block_on(fit_head(
+        &linear_settings,
+        Some(copy(&fitted)),
+        &mine,
+        &device(),
+    ))
+    .unwrap();
+    assert_close(
+        "refit from a person's head",
+        &scores(&refitted, false),
+        &scores(&fitted, false),
+        1e-6,
+    );
     // A linear head without a prior is no base; an MLP takes none.
     let plain = block_on(fit_head(&linear_settings, None, &mine, &device())).unwrap();
     let err = block_on(fit_head(&linear_settings, Some(plain), &mine, &device()))

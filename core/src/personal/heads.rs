@@ -72,10 +72,13 @@ pub struct LinearHead {
     pub prior: Option<LinearPrior>,
 }
 
-/// The population's prior over a person's `w`: `N(mean, U U^T + scale^2 I)`, the mean being the
-/// head's own weight; see [`super::prior`].
+/// The population's prior over a person's `w`: `N(mean, U U^T + scale^2 I)`; see
+/// [`super::prior`]. A person's head fitted under it keeps it, so refitting with more answers
+/// starts from the population again, not from the person's last fit.
 #[derive(Module, Debug)]
 pub struct LinearPrior {
+    /// `[input]`: the population's average taste.
+    pub mean: Param<Tensor<1>>,
     /// `U`, `[input, rank]`: the directions people's tastes vary along, scaled by how much.
     pub factors: Param<Tensor<2>>,
     /// `[1]`: the spread in every other direction.
@@ -98,6 +101,7 @@ impl LinearHead {
     pub fn with_prior(input: usize, rank: usize, device: &Device) -> Self {
         Self {
             prior: Some(LinearPrior {
+                mean: param(vec![0.0; input], [input], device),
                 factors: param(vec![0.0; input * rank], [input, rank], device),
                 scale: param(vec![0.0], [1], device),
             }),

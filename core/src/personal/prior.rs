@@ -138,10 +138,11 @@ impl PriorValues {
         let input = self.mean.len();
         LinearHead {
             linear: Linear {
-                weight: param(self.mean, [input, 1], device),
+                weight: param(self.mean.clone(), [input, 1], device),
                 bias: None,
             },
             prior: Some(LinearPrior {
+                mean: param(self.mean, [input], device),
                 factors: param(self.factors, [input, self.rank], device),
                 scale: param(vec![self.scale], [1], device),
             }),
@@ -178,7 +179,8 @@ struct Coefficients {
     b: Param<Tensor<1>>,
 }
 
-/// A person's linear head under `base`'s prior (MAP; with no pairs, the prior's mean). `config`'s
+/// A person's linear head under `base`'s prior (a population base, or a person's head fitted
+/// under it; MAP; with no pairs, the prior's mean). `config`'s
 /// steps and learning rate are used; its `l2` is not (the prior replaces it).
 pub fn fit_with_prior(
     base: &LinearHead,
@@ -194,7 +196,7 @@ pub fn fit_with_prior(
         ));
     };
     let [input, rank] = prior.factors.val().dims();
-    let mean = base.linear.weight.val().reshape([input]);
+    let mean = prior.mean.val();
     let weight = |c: &Coefficients| {
         mean.clone()
             + prior
@@ -236,6 +238,7 @@ pub fn fit_with_prior(
             bias: None,
         },
         prior: Some(LinearPrior {
+            mean: prior.mean.clone(),
             factors: prior.factors.clone(),
             scale: prior.scale.clone(),
         }),
