@@ -434,6 +434,29 @@ fn linear_prior_and_person_fit_match_torch() {
         &scores(&fitted, false),
         1e-6,
     );
+    // One person is no population; a prior on a non-linear head is refused by name.
+    let one = Pairs::from_store(&person(0), false).unwrap();
+    let err = block_on(pretrain(
+        HeadKind::Linear,
+        &one,
+        &pretrain_config(),
+        &device(),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("a linear prior needs two or more"), "{err}");
+    let config = serde_json::json!({"format": "tastebud-head", "version": 1, "kind": "mlp",
+        "dimension": 8, "context": false, "hidden": 6, "rank": 2});
+    let mut files = ModelFiles::new("head");
+    files.insert("head.json", serde_json::to_vec(&config).unwrap());
+    files.insert("head.safetensors", fitted.to_files().unwrap().1);
+    let err = PersonalHead::from_files(&mut files, &device())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("head/head.json") && err.contains("`rank`"),
+        "{err}"
+    );
     // A linear head without a prior is no base; an MLP takes none.
     let plain = block_on(fit_head(&linear_settings, None, &mine, &device())).unwrap();
     let err = block_on(fit_head(&linear_settings, Some(plain), &mine, &device()))
