@@ -23,6 +23,7 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// `--preprocess torchvision` reproduces transformers 5's `CLIPImageProcessor` and model.
 #[test]
 fn score_prints_transformers_numbers_on_cpu_and_gpu() {
     let reference = reference_json();
@@ -41,6 +42,8 @@ fn score_prints_transformers_numbers_on_cpu_and_gpu() {
                 &prompt,
                 "--device",
                 device,
+                "--preprocess",
+                "torchvision",
                 "--json",
                 &fixture("image0.png"),
                 &fixture("image1.png"),
@@ -151,10 +154,11 @@ fn score_imagereward_from_its_published_files() {
         .iter()
         .map(|s| s["rewards"]["imagereward"].as_f64().unwrap() as f32)
         .collect();
-    let (want, _) = reference_tensor_in(
+    let (mut want, _) = reference_tensor_in(
         "rewards/imagereward-tiny/reference.safetensors",
         "imagereward.file_scores",
     );
+    want.truncate(2); // the reference scores two more files
     assert_close("imagereward file scores", &got, &want, 1e-4);
     for (row, w) in rows.iter().zip(&want) {
         let loss = row["loss"].as_f64().unwrap() as f32;
@@ -194,7 +198,7 @@ fn score_dino_takes_reference_images_as_paths() {
         .map(|s| s["rewards"]["dino"].as_f64().unwrap() as f32)
         .collect();
     let (want, _) = reference_tensor_in("rewards/reference.safetensors", "dino.file_scores");
-    assert_close("dino file scores", &got, &want, 1e-4);
+    assert_close("dino file scores", &got, &want[..2], 1e-4);
     // image1 is its own reference.
     assert!((got[1] - 1.0).abs() < 1e-5, "{}", got[1]);
 }
@@ -374,6 +378,66 @@ fn devices_lists_cpu_and_wgpu_adapters() {
     );
 }
 
+/// A plain successful run on a machine without a display prints no error lines (Mesa's Vulkan
+/// device-select layer used to print "error: XDG_RUNTIME_DIR is invalid or not set" twice).
+#[test]
+fn a_successful_run_prints_no_errors_without_a_display() {
+    let out_path = temp_png("quiet.png").display().to_string();
+    for device in ["auto", "gpu"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tastebud"))
+            .args([
+                "generate",
+                "--model",
+                &fixture("sd-turbo-tiny"),
+                "--prompt",
+                "a cat",
+                "--width",
+                "40",
+                "--height",
+                "48",
+                "--device",
+                device,
+                "--out",
+                &out_path,
+            ])
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .env_remove("NODEVICE_SELECT")
+            .output()
+            .expect("run tastebud");
+        assert!(out.status.success(), "{device}: {}", stderr(&out));
+        let errors: Vec<&str> = std::str::from_utf8(&out.stderr)
+            .unwrap()
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().contains("error"))
+            .collect();
+        assert!(errors.is_empty(), "{device}: {errors:?}");
+    }
+}
+
+/// A `.pt` whose pickle nests lists a million deep once overflowed the stack ("fatal runtime
+/// error: stack overflow"); now it is a clear error.
+#[test]
+fn a_hostile_checkpoint_is_an_error_not_a_crash() {
+    let path = temp_png("deep.pt");
+    std::fs::write(&path, torch_archive(&nested_lists_pickle(1_000_000))).unwrap();
+    let out = tastebud(&[
+        "score",
+        "--reward",
+        &format!("hps={}", path.display()),
+        "--prompt",
+        "a cat",
+        &fixture("image0.png"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("deep.pt") && stderr(&out).contains("a state dict needs far fewer"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 fn temp_png(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tastebud-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -493,6 +557,15 @@ fn generate_refuses_bad_input_by_name() {
             "width: 44 pixels: must be a positive multiple of 8",
         ),
         (vec!["--steps", "9"], "steps: 9"),
+        // Once an abort ("memory allocation of 250000000004 bytes failed").
+        (
+            vec!["--width", "1000000", "--height", "1000000"],
+            "height: 1000000 pixels: the longest side Tastebud generates is 8192",
+        ),
+        (
+            vec!["--width", "8192", "--height", "8192"],
+            "8192x8192 is 67108864 pixels, over the budget of 16777216",
+        ),
         (
             vec!["--noise", &noise, "--width", "64"],
             "noise: shape [1, 4, 6, 5]",

@@ -8,10 +8,11 @@ use common::*;
 use tastebud_core::models::clip::Clip;
 use tastebud_core::models::clip::text_encoder::ClipTextEncoder;
 use tastebud_core::preprocess::{
-    ImageProcessorConfig, decode_rgb, pixels_from_rgb8, resize_crop_normalize,
+    FilePreprocess, ImageProcessorConfig, PreprocessChoice, decode_image, pixels_from_file,
+    resize_crop_normalize,
 };
 use tastebud_core::tokenizer::ClipTokenizer;
-use tastebud_core::{Error, models::clip::config::ClipConfig};
+use tastebud_core::{Error, ModelFiles, models::clip::config::ClipConfig};
 
 const FLAVOURS: [&str; 2] = ["clip-openai", "clip-openclip"];
 const RTOL: f32 = 1e-4;
@@ -125,8 +126,8 @@ fn text_and_vision_towers_match_transformers() {
     }
 }
 
-/// `CLIPImageProcessor` resizes uint8 images with torch's fixed-point kernels; ours follow
-/// the same arithmetic, so the normalised pixels agree to float rounding.
+/// transformers 5's `CLIPImageProcessor` resizes uint8 images with torch's fixed-point kernels;
+/// ours follow the same arithmetic, so the normalised pixels agree to float rounding.
 #[test]
 fn file_preprocessing_matches_clip_image_processor() {
     let (want, shape) = reference_tensor("pixel_values");
@@ -135,13 +136,90 @@ fn file_preprocessing_matches_clip_image_processor() {
     assert_eq!(cfg, ImageProcessorConfig::default());
     for i in 0..shape[0] {
         let path = fixtures().join(format!("image{i}.png"));
-        let img = decode_rgb("fixture", &std::fs::read(path).unwrap()).unwrap();
-        let ours = pixels_from_rgb8(&img, &cfg);
+        let img = decode_image("fixture", &std::fs::read(path).unwrap()).unwrap();
+        let ours = pixels_from_file(&img, &cfg, FilePreprocess::Torchvision);
         let want = &want[i * per_image..(i + 1) * per_image];
         for (j, (o, w)) in ours.iter().zip(want).enumerate() {
             assert!((o - w).abs() < 1e-5, "image{i} pixel {j}: {o} vs {w}");
         }
     }
+}
+
+/// Every file pipeline against Python (tests/reference/make_preprocess_fixtures.py): Pillow
+/// through torchvision transforms (OpenAI CLIP, open_clip), transformers' PIL processor and
+/// transformers 5's torchvision processor, on RGB, grey, RGBA and grey+alpha PNGs that are
+/// downscaled, upscaled, left at their size and cropped at offsets that round differently.
+/// The pixels are the same uint8 values normalised, so they agree to float rounding.
+#[test]
+fn file_preprocessing_matches_each_published_pipeline() {
+    let folder = fixtures().join("preprocess");
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("reference.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(folder.join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let paths = [
+        ("pil_transforms", FilePreprocess::PilTransforms),
+        ("pil_processor", FilePreprocess::PilProcessor),
+        ("torchvision", FilePreprocess::Torchvision),
+    ];
+    let cases = reference["cases"].as_array().unwrap();
+    assert!(cases.len() >= 10);
+    for case in cases {
+        let file = case["file"].as_str().unwrap();
+        let img = decode_image(file, &std::fs::read(folder.join(file)).unwrap()).unwrap();
+        let cfg = ImageProcessorConfig {
+            shortest_edge: case["shortest_edge"].as_u64().unwrap() as usize,
+            crop: case["crop"].as_u64().unwrap() as usize,
+            ..ImageProcessorConfig::default()
+        };
+        for (name, how) in paths {
+            let key = format!("{}.{name}", case["key"].as_str().unwrap());
+            let want: Vec<f32> = st
+                .tensor(&key)
+                .unwrap()
+                .data()
+                .iter()
+                .enumerate()
+                .map(|(i, &u)| {
+                    let ch = i / (cfg.crop * cfg.crop);
+                    (f32::from(u) / 255.0 - cfg.mean[ch]) / cfg.std[ch]
+                })
+                .collect();
+            let ours = pixels_from_file(&img, &cfg, how);
+            assert_eq!(ours.len(), want.len(), "{key}");
+            let worst = ours
+                .iter()
+                .zip(&want)
+                .map(|(o, w)| (o - w).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "{key}: worst pixel difference {worst}");
+        }
+    }
+}
+
+/// `--preprocess` resolves per reward: `auto` keeps each reward's published pipeline, `pil`
+/// keeps a Pillow one, `torchvision` is transformers 5's processor for every reward.
+#[test]
+fn preprocess_choice_resolves_per_reward() {
+    let mut cfg = ImageProcessorConfig::default();
+    assert_eq!(cfg.files, FilePreprocess::PilTransforms);
+    let resolve = |cfg: &ImageProcessorConfig, choice: &str| {
+        cfg.file_preprocess(choice.parse::<PreprocessChoice>().unwrap())
+    };
+    assert_eq!(resolve(&cfg, "auto"), FilePreprocess::PilTransforms);
+    assert_eq!(resolve(&cfg, "torchvision"), FilePreprocess::Torchvision);
+    cfg.files = FilePreprocess::PilProcessor;
+    assert_eq!(resolve(&cfg, "pil"), FilePreprocess::PilProcessor);
+    cfg.files = FilePreprocess::Torchvision;
+    assert_eq!(resolve(&cfg, "pil"), FilePreprocess::PilProcessor);
+    let err = "bilinear"
+        .parse::<PreprocessChoice>()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("preprocess") && err.contains("auto, pil, torchvision"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -269,4 +347,144 @@ fn openclip_scored_tokens() -> Vec<tastebud_core::tokenizer::TokenizedPrompt> {
         .iter()
         .map(|p| tokenizer.encode(p, false).unwrap())
         .collect()
+}
+
+/// The weight file of a fixture folder with every tensor renamed by `rename`.
+fn renamed(folder: &str, file: &str, rename: impl Fn(&str) -> String) -> ModelFiles {
+    let mut files = model_files(folder);
+    let bytes = files.take(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (rename(&name), view))
+        .collect();
+    files.insert(file, safetensors::serialize(views, None).unwrap());
+    files
+}
+
+/// Every layout transformers loads into a text encoder: the hub's `text_model.*`, the
+/// unprefixed tower transformers 5's `save_pretrained` writes for `CLIPTextModel`, a `clip.`
+/// base-model prefix and a doubled tower prefix, for `CLIPTextModel` (SD 2.x) and
+/// `CLIPTextModelWithProjection` (SDXL's second encoder).
+#[test]
+fn text_encoders_load_every_layout_transformers_accepts() {
+    let tokens = openclip_scored_tokens();
+    let cpu = tastebud_core::ComputeDevice::cpu().device;
+    let layouts: [(&str, fn(&str) -> String); 4] = [
+        ("unprefixed", |k| k.replacen("text_model.", "", 1)),
+        ("clip.", |k| format!("clip.{k}")),
+        ("clip. unprefixed", |k| {
+            format!("clip.{}", k.replacen("text_model.", "", 1))
+        }),
+        ("doubled", |k| {
+            k.replacen("text_model.", "text_model.text_model.", 1)
+        }),
+    ];
+    for (layout, rename) in layouts {
+        let files = renamed("sd-turbo-tiny/text_encoder", "model.safetensors", rename);
+        let encoder = ClipTextEncoder::from_files(files, &cpu).unwrap();
+        assert!(encoder.model.text_projection.is_none(), "{layout}");
+        let out = encoder.forward(&tokens).unwrap();
+        assert_close(
+            &format!("sd2 encoder, {layout} layout"),
+            &read(out.last_hidden_state),
+            &reference_tensor("sd2-text-encoder.last_hidden_state").0,
+            RTOL,
+        );
+        let files = renamed(
+            "sdxl-turbo-tiny/text_encoder_2",
+            "model.safetensors",
+            rename,
+        );
+        let encoder = ClipTextEncoder::from_files(files, &cpu).unwrap();
+        let (_, out) = encoder.forward_with_penultimate(&tokens).unwrap();
+        let projected = encoder.project(out.pooled).expect("projection loaded");
+        assert_close(
+            &format!("sdxl encoder 2, {layout} layout"),
+            &read(projected),
+            &reference_tensor("sdxl-text-encoder-2.text_embeds").0,
+            RTOL,
+        );
+    }
+    // Tensors of another model are still refused by name.
+    let files = renamed("sd-turbo-tiny/text_encoder", "model.safetensors", |k| {
+        k.replacen("text_model.", "vision_model.", 1)
+    });
+    let err = ClipTextEncoder::from_files(files, &cpu)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("missing tensors: text_model.embeddings"),
+        "{err}"
+    );
+}
+
+/// `CLIPModel` folders in the layouts transformers loads (`clip.` prefix, doubled tower
+/// prefixes) score like the hub layout.
+#[test]
+fn clip_models_load_every_layout_transformers_accepts() {
+    let cpu = tastebud_core::ComputeDevice::cpu().device;
+    let prompt = reference_json()["clip-openai"]["scored_prompts"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let images: Vec<_> = ["image0.png", "image1.png"]
+        .iter()
+        .map(|n| decode_image(n, &std::fs::read(fixtures().join(n)).unwrap()).unwrap())
+        .collect();
+    let score = |files: ModelFiles| {
+        let clip = Clip::from_files(files, &cpu).unwrap();
+        let scores =
+            pollster::block_on(clip.score(&prompt, &images, PreprocessChoice::Auto, false));
+        scores
+            .unwrap()
+            .iter()
+            .map(|s| s.logit)
+            .collect::<Vec<f32>>()
+    };
+    let want = score(model_files("clip-openai"));
+    let layouts: [fn(&str) -> String; 2] = [
+        |k| format!("clip.{k}"),
+        |k| {
+            k.replacen("text_model.", "text_model.text_model.", 1)
+                .replacen("vision_model.", "vision_model.vision_model.", 1)
+        },
+    ];
+    for rename in layouts {
+        let got = score(renamed("clip-openai", "model.safetensors", rename));
+        assert_eq!(got, want);
+    }
+}
+
+/// A CLIP reward folder exactly as transformers 5 saves it (`CLIPModel.save_pretrained`,
+/// `CLIPProcessor.save_pretrained`: its tokenizer.json, preprocessor_config.json and weights)
+/// scores as transformers does with what it saved.
+#[test]
+fn a_clip_folder_saved_by_transformers_5_scores_like_it() {
+    let reference = reference_json();
+    let case = &reference["clip-tf5"];
+    let prompt = case["prompt"].as_str().unwrap();
+    let (logits, _) = reference_tensor("clip-tf5.logits_per_image");
+    let images: Vec<_> = ["image0.png", "image1.png"]
+        .iter()
+        .map(|n| decode_image(n, &std::fs::read(fixtures().join(n)).unwrap()).unwrap())
+        .collect();
+    for device in devices() {
+        let clip = Clip::from_files(model_files("clip-tf5"), &device.device).unwrap();
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(clip.tokenize(prompt, false).unwrap().ids, ids);
+        // transformers 5 loads the saved processor as its torchvision CLIPImageProcessor.
+        let scores =
+            pollster::block_on(clip.score(prompt, &images, PreprocessChoice::Torchvision, false))
+                .unwrap();
+        let got: Vec<f32> = scores.iter().map(|s| s.logit).collect();
+        assert_close(
+            &format!("clip-tf5 on {}", device_name(&device)),
+            &got,
+            &logits,
+            RTOL,
+        );
+    }
 }

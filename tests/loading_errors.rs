@@ -171,12 +171,12 @@ fn bad_prompts_and_images_are_refused() {
         Err(Error::BadPrompt(_))
     ));
     let err =
-        tastebud_core::preprocess::decode_rgb("cat.png", b"\x89PNG\r\n\x1a\nbroken").unwrap_err();
+        tastebud_core::preprocess::decode_image("cat.png", b"\x89PNG\r\n\x1a\nbroken").unwrap_err();
     assert!(
         matches!(err, Error::BadImage { .. }) && err.to_string().contains("cat.png"),
         "{err}"
     );
-    let err = tastebud_core::preprocess::decode_rgb("notes.txt", b"hello").unwrap_err();
+    let err = tastebud_core::preprocess::decode_image("notes.txt", b"hello").unwrap_err();
     assert!(err.to_string().contains("not a PNG or JPEG"), "{err}");
     let err = clip
         .image_embeds(tensor(vec![0.0; 3 * 32 * 32], [1, 3, 32, 32], &clip.device))

@@ -825,7 +825,8 @@ fn a_fitted_head_steers_reno_toward_the_hidden_taste() {
         };
         let image = block_on(pipeline.generate(&request)).unwrap();
         let rgb = image::RgbImage::from_raw(40, 48, image.pixels).unwrap();
-        block_on(embed_images(&clip, &[rgb])).unwrap().remove(0)
+        let file = tastebud_core::preprocess::ImageFile::from_rgb(&rgb);
+        block_on(embed_images(&clip, &[file])).unwrap().remove(0)
     };
     let shape = [1, 4, 6, 5];
     let images: Vec<Vec<f32>> = (0..24)

@@ -207,6 +207,23 @@ fn bad_requests_are_named() {
         },
         "steps: 0",
     );
+    // Sizes over the pixel budget are refused before any noise is drawn.
+    check(
+        Request {
+            width: Some(1_000_000),
+            height: Some(1_000_000),
+            ..tiny_request()
+        },
+        "height: 1000000 pixels: the longest side Tastebud generates is 8192",
+    );
+    check(
+        Request {
+            width: Some(8192),
+            height: Some(4104),
+            ..tiny_request()
+        },
+        "width x height: 8192x4104 is 33619968 pixels, over the budget of 16777216",
+    );
     check(
         Request {
             steps: 5,

@@ -1,12 +1,13 @@
 //! Rewards against their Python references (tests/reference/make_reward_fixtures.py): scores of
-//! float images through the differentiable preprocessing and of PNG files through
-//! CLIPImageProcessor, image gradients against PyTorch's, from each reward's published layout.
+//! float images through the differentiable preprocessing, of PNG files through each reward's
+//! published preprocessing (and transformers 5's `CLIPImageProcessor` on request), image
+//! gradients against PyTorch's, from each reward's published layout.
 
 mod common;
 
 use common::*;
 use tastebud_core::ModelFiles;
-use tastebud_core::preprocess::decode_rgb;
+use tastebud_core::preprocess::{ImageFile, PreprocessChoice, decode_image};
 use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
 use tastebud_core::torch_pickle;
 
@@ -77,14 +78,20 @@ fn float_images(
     tensor(reference("images"), [2, 3, 48, 64], device)
 }
 
-fn png_images() -> Vec<image::RgbImage> {
-    ["image0.png", "image1.png"]
-        .iter()
-        .map(|n| {
-            let bytes = std::fs::read(fixtures().join(n)).expect("image fixture");
-            decode_rgb(n, &bytes).expect("image decodes")
-        })
-        .collect()
+fn png_images() -> Vec<ImageFile> {
+    // The order of make_fixtures.file_images().
+    [
+        "image0.png",
+        "image1.png",
+        "preprocess/rgb-93x60.png",
+        "preprocess/rgba-120x90.png",
+    ]
+    .iter()
+    .map(|n| {
+        let bytes = std::fs::read(fixtures().join(n)).expect("image fixture");
+        decode_image(n, &bytes).expect("image decodes")
+    })
+    .collect()
 }
 
 fn check_scores(name: &str) {
@@ -99,16 +106,20 @@ fn check_scores(name: &str) {
             &reference(&format!("{name}.float_scores")),
             1e-4,
         );
-        let values = set
-            .evaluate_files(&png_images(), &device.device)
-            .expect("file scores");
-        let got = read(values.rewards[0].clone());
-        assert_close(
-            &format!("{name} file scores on {on}"),
-            &got,
-            &reference(&format!("{name}.file_scores")),
-            1e-4,
-        );
+        // Files: each reward's published pipeline by default, transformers 5's processor on
+        // request (ImageReward's script records only its own).
+        let mut paths = vec![(PreprocessChoice::Auto, format!("{name}.file_scores"))];
+        if !name.starts_with("imagereward") {
+            let torchvision = format!("{name}.file_scores_torchvision");
+            paths.push((PreprocessChoice::Torchvision, torchvision));
+        }
+        for (choice, key) in paths {
+            let values = set
+                .evaluate_files(&png_images(), choice, &device.device)
+                .expect("file scores");
+            let got = read(values.rewards[0].clone());
+            assert_close(&format!("{key} on {on}"), &got, &reference(&key), 1e-4);
+        }
     }
 }
 
@@ -261,6 +272,21 @@ fn checkpoints_that_run_code_are_refused() {
     }
 }
 
+/// Hostile pickles end in an error naming the file and the limit, never a crash.
+#[test]
+fn hostile_pickles_are_refused_by_their_limits() {
+    for (depth, limit) in [
+        (1_000_000, "the stack holds more than 262144 values"),
+        (200, "nest deeper than 100 levels"),
+    ] {
+        let deep = torch_archive(&nested_lists_pickle(depth));
+        let msg = torch_pickle::read_checkpoint("deep.pt", &deep)
+            .expect_err("refused")
+            .to_string();
+        assert!(msg.contains("deep.pt") && msg.contains(limit), "{msg}");
+    }
+}
+
 #[test]
 fn pt_reader_reads_the_tensors_torch_saved() {
     let bytes = std::fs::read(fixtures().join("rewards/open-clip-tiny/HPS_v2.1_compressed.pt"))
@@ -379,7 +405,10 @@ fn bad_images_and_prompts_are_errors() {
     let mut set = reward_set("clip", &device);
     let gray = tensor(vec![0.5; 2 * 16 * 16], [2, 1, 16, 16], &device);
     assert!(set.evaluate(gray).is_err());
-    assert!(set.evaluate_files(&[], &device).is_err());
+    assert!(
+        set.evaluate_files(&[], PreprocessChoice::Auto, &device)
+            .is_err()
+    );
     assert!(set.set_prompt("   ", false).is_err());
     // The cached text side is keyed by the truncation choice too.
     let long = "a ".repeat(100);

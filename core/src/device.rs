@@ -4,6 +4,8 @@
 use std::str::FromStr;
 use std::sync::Mutex;
 
+#[cfg(not(target_family = "wasm"))]
+use burn::tensor::wgpu::WgpuBackend;
 use burn::tensor::wgpu::wgpu;
 use burn::tensor::{DType, Device, FloatDType};
 use serde::Serialize;
@@ -193,6 +195,40 @@ fn buffer_limit(device: &wgpu::Device) -> u64 {
     l.max_storage_buffer_binding_size.min(l.max_buffer_size)
 }
 
+/// The graphics APIs Tastebud looks for adapters on: Vulkan, Metal, DX12 natively and the
+/// browser's WebGPU. wgpu's GL backend is left out: probing it starts EGL, which on a machine
+/// without a display prints "error: XDG_RUNTIME_DIR is invalid or not set" to stderr before
+/// every run, and burn's compute kernels are not built for it.
+const BACKENDS: wgpu::Backends = wgpu::Backends::PRIMARY;
+
+/// Adapters on [`BACKENDS`], hardware GPUs first.
+async fn adapter_infos() -> Vec<wgpu::AdapterInfo> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: BACKENDS,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let mut infos: Vec<wgpu::AdapterInfo> = instance
+        .enumerate_adapters(BACKENDS)
+        .await
+        .iter()
+        .map(|a| a.get_info())
+        .collect();
+    infos.sort_by_key(|i| i.device_type == wgpu::DeviceType::Cpu);
+    infos
+}
+
+/// The API of the best adapter found, so burn starts its device there instead of probing
+/// every API itself (GL included).
+#[cfg(not(target_family = "wasm"))]
+fn graphics_api(infos: &[wgpu::AdapterInfo]) -> Option<WgpuBackend> {
+    match infos.first()?.backend {
+        wgpu::Backend::Vulkan => Some(WgpuBackend::Vulkan),
+        wgpu::Backend::Metal => Some(WgpuBackend::Metal),
+        wgpu::Backend::Dx12 => Some(WgpuBackend::Dx12),
+        _ => None,
+    }
+}
+
 async fn wgpu_device() -> Result<(Device, AdapterSummary, u64)> {
     let poisoned = || device_error("gpu", "device lock poisoned");
     // Natively, tests start devices from several threads: start it under the lock.
@@ -202,7 +238,11 @@ async fn wgpu_device() -> Result<(Device, AdapterSummary, u64)> {
         if let Some(cached) = slot.clone() {
             return Ok(cached);
         }
-        let (device, setup) = Device::wgpu_options()
+        let mut options = Device::wgpu_options();
+        if let Some(api) = graphics_api(&adapter_infos().await) {
+            options = options.graphics_api(api);
+        }
+        let (device, setup) = options
             .init_with_setup()
             .map_err(|e| device_error("gpu", &e.to_string()))?;
         let summary = AdapterSummary::from_info(&setup.adapter.get_info());
@@ -281,13 +321,12 @@ pub async fn open(choice: DeviceChoice) -> Result<ComputeDevice> {
     }
 }
 
-/// Every wgpu adapter the system offers (none is started).
+/// Every wgpu adapter the system offers on Vulkan, Metal, DX12 or WebGPU, hardware GPUs first
+/// (none is started).
 pub async fn list_adapters() -> Vec<AdapterSummary> {
-    let instance = wgpu::Instance::default();
-    instance
-        .enumerate_adapters(wgpu::Backends::all())
+    adapter_infos()
         .await
         .iter()
-        .map(|a| AdapterSummary::from_info(&a.get_info()))
+        .map(AdapterSummary::from_info)
         .collect()
 }

@@ -11,6 +11,7 @@ pub mod personal;
 pub mod pipeline;
 pub mod preprocess;
 pub mod reno;
+pub mod resample;
 pub mod rewards;
 pub mod scheduler;
 pub mod search;

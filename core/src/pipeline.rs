@@ -30,6 +30,12 @@ const TOKENIZER_FILES: &[&str] = &[
 ];
 /// The most sampling steps accepted: these are one- and few-step models.
 pub const MAX_STEPS: usize = 4;
+/// The largest image generated, in pixels (4096 x 4096: 16x SD-Turbo's area, 4x SDXL's). Larger
+/// requests are refused before anything is allocated: these models are trained at 512-1024 px,
+/// and SD's VAE alone would need over 16 GiB of activations at this size.
+pub const MAX_PIXELS: usize = 4096 * 4096;
+/// The longest side generated, in pixels.
+pub const MAX_SIDE: usize = 8192;
 
 /// Which pipeline class the snapshot is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -465,6 +471,21 @@ impl Pipeline {
                     format!("{v} pixels: must be a positive multiple of {f}"),
                 ));
             }
+            if v > MAX_SIDE {
+                return Err(Error::argument(
+                    flag,
+                    format!("{v} pixels: the longest side Tastebud generates is {MAX_SIDE}"),
+                ));
+            }
+        }
+        if height * width > MAX_PIXELS {
+            return Err(Error::argument(
+                "width x height",
+                format!(
+                    "{width}x{height} is {} pixels, over the budget of {MAX_PIXELS} (4096x4096)",
+                    height * width
+                ),
+            ));
         }
         self.decoder
             .band_rows(height / f, width / f, self.buffer_limit)?;

@@ -6,6 +6,11 @@
 //!
 //! The result is re-serialised as safetensors bytes, so every checkpoint goes through the same
 //! validated loading path (`weights::load_into`) whatever form it was published in.
+//!
+//! A hostile pickle cannot exhaust the stack or memory: containers nest at most [`MAX_DEPTH`]
+//! levels, the stack holds at most [`MAX_STACK`] values, the memo [`MAX_MEMO`] entries, and
+//! copies out of the memo at most [`MAX_COPIED`] values in all. State dicts need a fraction of
+//! each (a few levels; stacks of a few thousand; a few memo entries per tensor).
 
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read};
@@ -13,6 +18,15 @@ use std::io::{Cursor, Read};
 use safetensors::Dtype;
 
 use crate::{Error, Result};
+
+/// How deep containers may nest (a state dict nests four or five levels).
+pub const MAX_DEPTH: usize = 100;
+/// How many values the pickle's stack may hold.
+pub const MAX_STACK: usize = 1 << 18;
+/// How many memo entries a pickle may make.
+pub const MAX_MEMO: usize = 1 << 21;
+/// How many values (strings counted per 16 bytes) copies out of the memo may make in all.
+pub const MAX_COPIED: usize = 1 << 23;
 
 /// One tensor taken out of a checkpoint: contiguous little-endian data.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,11 +119,15 @@ pub fn read_checkpoint(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, RawT
         .ok_or_else(|| corrupt(file, "no <name>/data.pkl in the archive".into()))?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
     let entry = |archive: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str| -> Result<Vec<u8>> {
-        let mut f = archive
+        let f = archive
             .by_name(name)
             .map_err(|e| corrupt(file, format!("{name}: {e}")))?;
-        let mut out = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut out)
+        // The declared size comes from the file: read at most that much, and reserve no more
+        // than the archive could hold uncompressed.
+        let declared = f.size();
+        let mut out = Vec::with_capacity((declared as usize).min(bytes.len()));
+        f.take(declared)
+            .read_to_end(&mut out)
             .map_err(|e| corrupt(file, format!("{name}: {e}")))?;
         Ok(out)
     };
@@ -280,6 +298,40 @@ enum Value {
 }
 
 impl Value {
+    /// How deep containers nest inside this value (0 for a scalar). Every value the machine
+    /// builds is at most [`MAX_DEPTH`] deep, so this recursion is bounded.
+    fn depth(&self) -> usize {
+        match self {
+            Value::Tuple(items) | Value::List(items) => {
+                1 + items.iter().map(Value::depth).max().unwrap_or(0)
+            }
+            Value::Dict(items) => {
+                let deepest = items.iter().map(|(k, v)| k.depth().max(v.depth())).max();
+                1 + deepest.unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+
+    /// What copying this value costs: one per value, plus one per 16 bytes of text.
+    fn cost(&self) -> usize {
+        match self {
+            Value::Str(s) | Value::Global(s) => 1 + s.len() / 16,
+            Value::Storage { key, .. } => 1 + key.len() / 16,
+            Value::Tensor(t) => 1 + t.storage_key.len() / 16 + t.size.len() + t.stride.len(),
+            Value::Tuple(items) | Value::List(items) => {
+                1 + items.iter().map(Value::cost).sum::<usize>()
+            }
+            Value::Dict(items) => {
+                1 + items
+                    .iter()
+                    .map(|(k, v)| k.cost() + v.cost())
+                    .sum::<usize>()
+            }
+            _ => 1,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Value::None => "None",
@@ -330,6 +382,8 @@ struct Machine<'a> {
     file: &'a str,
     stack: Vec<Value>,
     memo: BTreeMap<u32, Value>,
+    /// Values copied into and out of the memo so far (see [`MAX_COPIED`]).
+    copied: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -338,7 +392,39 @@ impl<'a> Machine<'a> {
             file,
             stack: vec![],
             memo: BTreeMap::new(),
+            copied: 0,
         }
+    }
+
+    fn push(&mut self, v: Value) -> Result<()> {
+        if self.stack.len() >= MAX_STACK {
+            return Err(self.err(format!(
+                "the stack holds more than {MAX_STACK} values; a state dict needs far fewer"
+            )));
+        }
+        self.stack.push(v);
+        Ok(())
+    }
+
+    /// Checks that `items` may go into a container without nesting past [`MAX_DEPTH`].
+    fn nestable(&self, items: &[Value]) -> Result<()> {
+        if items.iter().any(|v| v.depth() >= MAX_DEPTH) {
+            return Err(self.err(format!(
+                "containers nest deeper than {MAX_DEPTH} levels; a state dict nests a few"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Counts a copy into or out of the memo against [`MAX_COPIED`], before it is made.
+    fn charge_copy(&mut self, cost: usize) -> Result<()> {
+        self.copied = self.copied.saturating_add(cost);
+        if self.copied > MAX_COPIED {
+            return Err(self.err(format!(
+                "memo copies exceed {MAX_COPIED} values; a state dict copies few"
+            )));
+        }
+        Ok(())
     }
 
     fn err(&self, reason: impl Into<String>) -> Error {
@@ -381,23 +467,23 @@ impl<'a> Machine<'a> {
                     r.take(8).ok_or_else(short)?;
                 }
                 b'.' => return self.pop(),
-                b'(' => self.stack.push(Value::Mark),
-                b'}' => self.stack.push(Value::Dict(vec![])),
-                b']' => self.stack.push(Value::List(vec![])),
-                b')' => self.stack.push(Value::Tuple(vec![])),
-                b'N' => self.stack.push(Value::None),
-                0x88 | 0x89 => self.stack.push(Value::Bool),
+                b'(' => self.push(Value::Mark)?,
+                b'}' => self.push(Value::Dict(vec![]))?,
+                b']' => self.push(Value::List(vec![]))?,
+                b')' => self.push(Value::Tuple(vec![]))?,
+                b'N' => self.push(Value::None)?,
+                0x88 | 0x89 => self.push(Value::Bool)?,
                 b'J' => {
                     let v = i32::from_le_bytes(r.array().ok_or_else(short)?);
-                    self.stack.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()))?;
                 }
                 b'K' => {
                     let v = r.u8().ok_or_else(short)?;
-                    self.stack.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()))?;
                 }
                 b'M' => {
                     let v = u16::from_le_bytes(r.array().ok_or_else(short)?);
-                    self.stack.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()))?;
                 }
                 0x8a => {
                     let n = r.u8().ok_or_else(short)? as usize;
@@ -408,11 +494,11 @@ impl<'a> Machine<'a> {
                     let negative = bytes.last().is_some_and(|b| b & 0x80 != 0);
                     let mut buf = [if negative { 0xff } else { 0 }; 8];
                     buf[..n].copy_from_slice(bytes);
-                    self.stack.push(Value::Int(i64::from_le_bytes(buf)));
+                    self.push(Value::Int(i64::from_le_bytes(buf)))?;
                 }
                 b'G' => {
                     r.take(8).ok_or_else(short)?;
-                    self.stack.push(Value::Float);
+                    self.push(Value::Float)?;
                 }
                 b'X' | 0x8c | 0x8d => {
                     let n = match op {
@@ -423,7 +509,7 @@ impl<'a> Machine<'a> {
                     let bytes = r.take(n).ok_or_else(short)?;
                     let s = String::from_utf8(bytes.to_vec())
                         .map_err(|_| self.err("string is not UTF-8"))?;
-                    self.stack.push(Value::Str(s));
+                    self.push(Value::Str(s))?;
                 }
                 b'C' | b'B' => {
                     let n = if op == b'C' {
@@ -432,11 +518,12 @@ impl<'a> Machine<'a> {
                         u32::from_le_bytes(r.array().ok_or_else(short)?) as usize
                     };
                     r.take(n).ok_or_else(short)?;
-                    self.stack.push(Value::Bytes);
+                    self.push(Value::Bytes)?;
                 }
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items));
+                    self.nestable(&items)?;
+                    self.push(Value::Tuple(items))?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -444,7 +531,8 @@ impl<'a> Machine<'a> {
                         return Err(self.err("stack underflow"));
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(items));
+                    self.nestable(&items)?;
+                    self.push(Value::Tuple(items))?;
                 }
                 b'q' | b'r' | 0x94 => {
                     let key = match op {
@@ -452,6 +540,13 @@ impl<'a> Machine<'a> {
                         b'r' => u32::from_le_bytes(r.array().ok_or_else(short)?),
                         _ => self.memo.len() as u32,
                     };
+                    if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&key) {
+                        return Err(self.err(format!(
+                            "more than {MAX_MEMO} memo entries; a state dict needs far fewer"
+                        )));
+                    }
+                    let cost = self.top()?.cost();
+                    self.charge_copy(cost)?;
                     let v = self.top()?.clone();
                     self.memo.insert(key, v);
                 }
@@ -461,12 +556,11 @@ impl<'a> Machine<'a> {
                     } else {
                         u32::from_le_bytes(r.array().ok_or_else(short)?)
                     };
-                    let v = self
-                        .memo
-                        .get(&key)
-                        .cloned()
-                        .ok_or_else(|| self.err(format!("memo {key} is unset")))?;
-                    self.stack.push(v);
+                    let cost = self.memo.get(&key).map(Value::cost);
+                    let cost = cost.ok_or_else(|| self.err(format!("memo {key} is unset")))?;
+                    self.charge_copy(cost)?;
+                    let v = self.memo.get(&key).cloned().unwrap_or(Value::None);
+                    self.push(v)?;
                 }
                 b'c' => {
                     let module = r.line().ok_or_else(short)?;
@@ -485,13 +579,13 @@ impl<'a> Machine<'a> {
                 b'Q' => {
                     let pid = self.pop()?;
                     let storage = self.persistent_load(pid)?;
-                    self.stack.push(storage);
+                    self.push(storage)?;
                 }
                 b'R' => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
                     let v = self.reduce(callable, args)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'b' => {
                     // Object state (OrderedDict's `_metadata`, a tensor's Python attributes):
@@ -512,6 +606,7 @@ impl<'a> Machine<'a> {
                     if items.len() % 2 != 0 {
                         return Err(self.err("SETITEMS with an odd number of items"));
                     }
+                    self.nestable(&items)?;
                     let Value::Dict(dict) = self.top()? else {
                         return Err(self.err("SETITEM on something other than a dict"));
                     };
@@ -526,6 +621,7 @@ impl<'a> Machine<'a> {
                     } else {
                         self.pop_mark()?
                     };
+                    self.nestable(&items)?;
                     let Value::List(list) = self.top()? else {
                         return Err(self.err("APPEND on something other than a list"));
                     };
@@ -553,7 +649,7 @@ impl<'a> Machine<'a> {
                  never runs code from a checkpoint (re-save only the tensors, or use safetensors)"
             )));
         }
-        self.stack.push(Value::Global(name));
+        self.push(Value::Global(name))?;
         Ok(())
     }
 
@@ -636,5 +732,91 @@ impl<'a> Reader<'a> {
         let end = rest.iter().position(|&b| b == b'\n')?;
         self.at += end + 1;
         String::from_utf8(rest[..end].to_vec()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(pickle: &[u8]) -> Result<Value> {
+        Machine::new("hostile.pt").run(pickle)
+    }
+
+    fn refused(pickle: &[u8], named: &str) {
+        let err = run(pickle).expect_err("refused").to_string();
+        assert!(
+            err.contains("hostile.pt") && err.contains(named),
+            "{named}: {err}"
+        );
+    }
+
+    fn nested_lists(depth: usize) -> Vec<u8> {
+        let mut p = b"\x80\x02".to_vec();
+        p.extend(std::iter::repeat_n(b']', depth));
+        p.extend(std::iter::repeat_n(b'a', depth - 1));
+        p.push(b'.');
+        p
+    }
+
+    /// Lists nested a million deep once overflowed the native stack (dropping or cloning them
+    /// recursed once per level): building them needs a million values on the stack.
+    #[test]
+    fn deep_nesting_is_refused() {
+        refused(&nested_lists(1_000_000), "the stack holds more than");
+        refused(
+            &nested_lists(150),
+            &format!("nest deeper than {MAX_DEPTH} levels"),
+        );
+        // Tuples nest without growing the stack.
+        let mut p = b"\x80\x02N".to_vec();
+        p.extend(std::iter::repeat_n(0x85, 1_000_000));
+        p.push(b'.');
+        refused(&p, "nest deeper than");
+        // Each SETITEM makes the dict on top a key of the one below it.
+        let mut p = b"\x80\x02".to_vec();
+        p.extend(std::iter::repeat_n(b'}', 150));
+        for _ in 0..149 {
+            p.extend(b"Ns");
+        }
+        p.push(b'.');
+        refused(&p, "nest deeper than");
+        // Nesting a state dict needs passes.
+        let ok = run(&nested_lists(50)).expect("50 levels are fine");
+        assert_eq!(ok.depth(), 50);
+    }
+
+    /// "Billion laughs": each level memoizes a list holding the previous one twice.
+    #[test]
+    fn memo_copies_are_bounded() {
+        // memo[level] = [memo[level - 1], memo[level - 1]]: 2^60 values if copies were free.
+        let mut p = b"\x80\x02]q\x00".to_vec();
+        for level in 1u8..=60 {
+            p.extend([
+                b']',
+                b'(',
+                b'h',
+                level - 1,
+                b'h',
+                level - 1,
+                b'e',
+                b'q',
+                level,
+            ]);
+        }
+        p.push(b'.');
+        refused(&p, &format!("memo copies exceed {MAX_COPIED}"));
+    }
+
+    #[test]
+    fn stack_and_memo_sizes_are_bounded() {
+        let mut p = b"\x80\x02".to_vec();
+        p.extend(std::iter::repeat_n(b'N', MAX_STACK + 1));
+        p.push(b'.');
+        refused(&p, &format!("the stack holds more than {MAX_STACK} values"));
+        let mut p = b"\x80\x02N".to_vec();
+        p.extend(std::iter::repeat_n(0x94, MAX_MEMO + 1));
+        p.push(b'.');
+        refused(&p, &format!("more than {MAX_MEMO} memo entries"));
     }
 }

@@ -62,7 +62,23 @@ fn run(command: Command) -> Result<()> {
 const MEMORY_FLAGS: &str = "flags: --dtype f16, --decoder <a TAESD folder>, smaller --width and \
                             --height, a smaller --batch, --gradient-checkpointing";
 
+/// On a machine without a display, Mesa's Vulkan device-select layer (an implicit layer every
+/// Mesa install enables) tries to reach a Wayland compositor when devices are listed and prints
+/// "error: XDG_RUNTIME_DIR is invalid or not set in the environment." twice, though nothing
+/// failed. With no display there is nothing for it to select by: turn it off, unless the user
+/// chose otherwise.
+fn quiet_vulkan_without_display() {
+    let no_display = ["DISPLAY", "WAYLAND_DISPLAY"]
+        .iter()
+        .all(|v| std::env::var_os(v).is_none());
+    if no_display && std::env::var_os("NODEVICE_SELECT").is_none() {
+        // SAFETY: called first thing in `main`, before any other thread exists.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_vulkan_without_display();
     let command = Cli::parse().command;
     // Some device failures (an allocation the GPU refuses mid-launch) surface as panics in the
     // backend rather than as errors: turn those into the same message as a reported one.

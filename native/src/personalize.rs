@@ -21,7 +21,7 @@ use tastebud_core::personal::fit::{
 use tastebud_core::personal::simulate::{self, BenchConfig, World};
 use tastebud_core::personal::store::{Candidate, Choice, Limits, Preference, PreferenceStore};
 use tastebud_core::personal::{HEAD_CONFIG, HEAD_WEIGHTS, HeadKind, PersonalHead};
-use tastebud_core::preprocess::decode_rgb;
+use tastebud_core::preprocess::decode_image;
 use tastebud_core::rewards::clip_reward::load_clip;
 use tastebud_core::rewards::personal::{embed_images, embed_prompt};
 use tastebud_core::rewards::{self, RewardKind};
@@ -338,7 +338,7 @@ fn read_candidates(paths: &[PathBuf], clip: Option<&Clip>) -> Result<Vec<(String
             let clip =
                 clip.with_context(|| format!("{name}: an image needs --clip to be embedded"))?;
             let bytes = std::fs::read(path).with_context(|| format!("reading {name}"))?;
-            let image = decode_rgb(&name, &bytes)?;
+            let image = decode_image(&name, &bytes)?;
             let e = pollster::block_on(embed_images(clip, &[image]))?;
             out.extend(e.into_iter().map(|e| (name.clone(), e)));
         } else {

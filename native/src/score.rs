@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 use tastebud_core::ModelFiles;
 use tastebud_core::burn::tensor::Device;
-use tastebud_core::preprocess::decode_rgb;
+use tastebud_core::preprocess::{PreprocessChoice, decode_image};
 use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
 
 #[derive(Args)]
@@ -29,6 +29,12 @@ pub struct ScoreArgs {
     /// Cut prompts longer than the text encoders take instead of refusing them.
     #[arg(long)]
     truncate: bool,
+    /// How image files are resized and cropped: `auto` as each reward's published scoring
+    /// code does (Pillow: OpenAI CLIP, open_clip/HPSv2, ImageReward, aesthetic, DINOv2 through
+    /// torchvision transforms; PickScore through transformers 4's CLIPProcessor), `pil` the
+    /// same, `torchvision` as transformers 5's default CLIPImageProcessor.
+    #[arg(long, default_value = "auto", value_parser = parse_preprocess)]
+    preprocess: PreprocessChoice,
     /// Print JSON (per-reward scores, weighted total, ReNO loss, times) instead of a table.
     #[arg(long)]
     json: bool,
@@ -38,6 +44,10 @@ pub struct ScoreArgs {
     /// PNG or JPEG files, scored as one batch.
     #[arg(required = true)]
     images: Vec<PathBuf>,
+}
+
+fn parse_preprocess(s: &str) -> Result<PreprocessChoice, String> {
+    s.parse().map_err(|e: tastebud_core::Error| e.to_string())
 }
 
 /// One parsed `--reward` flag.
@@ -161,7 +171,7 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
         .map(|path| {
             let bytes =
                 std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
-            Ok(decode_rgb(&path.display().to_string(), &bytes)?)
+            Ok(decode_image(&path.display().to_string(), &bytes)?)
         })
         .collect::<Result<Vec<_>>>()?;
     let files = specs
@@ -177,7 +187,7 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
     for _ in 0..args.repeat {
         let started = Instant::now();
         set.set_prompt(&args.prompt, args.truncate)?;
-        let values = set.evaluate_files(&decoded, &device.device)?;
+        let values = set.evaluate_files(&decoded, args.preprocess, &device.device)?;
         scores = pollster::block_on(set.read(values))?;
         times.push(started.elapsed().as_secs_f64() * 1e3);
     }

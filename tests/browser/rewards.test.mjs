@@ -13,7 +13,8 @@ import { assertClose, fixtures, referenceTensor, blankPage, useBrowser } from '.
 
 const tastebud = process.env.TASTEBUD_BIN;
 const PROMPT = 'a photo of a cat';
-const IMAGES = ['image0.png', 'image1.png'];
+// The order of make_fixtures.file_images(): two fixture PNGs, an upscaled and a transparent one.
+const IMAGES = ['image0.png', 'image1.png', 'preprocess/rgb-93x60.png', 'preprocess/rgba-120x90.png'];
 // Reward kind, folders its files come from (first found wins), files not to fetch (the .pt is
 // what HPSv2 publishes), extra files handed over (DINOv2's reference image), weight, the CLI's
 // paths, the Python reference's file.
@@ -52,7 +53,8 @@ async function scoreInBrowser(device) {
       for (const name of images) {
         bytes.push(new Uint8Array(await (await fetch(`/tests/fixtures/${name}`)).arrayBuffer()));
       }
-      return { device: tb.device, ...JSON.parse(await tb.score_rewards(prompt, bytes)) };
+      const torchvision = JSON.parse(await tb.score_rewards(prompt, bytes, 'torchvision'));
+      return { device: tb.device, torchvision, ...JSON.parse(await tb.score_rewards(prompt, bytes)) };
     }, { device, rewards: REWARDS, images: IMAGES, prompt: PROMPT });
     return { ...out, logs };
   } catch (e) {
@@ -82,6 +84,10 @@ for (const [device, backend] of [['gpu', 'wgpu'], ['cpu', 'flex']]) {
       for (const [r, [kind, , , , , , reference]] of REWARDS.entries()) {
         assertClose(s.rewards[r], cli.scores[i].rewards[kind], `${device} ${kind} ${image} vs native`);
         assertClose(s.rewards[r], referenceTensor(reference, `${kind}.file_scores`)[i], `${device} ${kind} ${image} vs Python`);
+        if (kind !== 'imagereward') {  // its script records only its own pipeline
+          assertClose(got.torchvision.scores[i].rewards[r], referenceTensor(reference, `${kind}.file_scores_torchvision`)[i],
+            `${device} ${kind} ${image} --preprocess torchvision vs Python`);
+        }
       }
       assertClose(s.loss, cli.scores[i].loss, `${device} loss ${image} vs native`);
       assertClose(s.weighted_total, cli.scores[i].weighted_total, `${device} total ${image} vs native`);

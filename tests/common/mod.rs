@@ -64,6 +64,28 @@ pub fn max_pixel_diff(a: &[u8], b: &[u8]) -> u8 {
         .unwrap_or(0)
 }
 
+/// A `torch.save`-shaped archive (`archive/data.pkl`, `archive/byteorder`) around `pickle`.
+pub fn torch_archive(pickle: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", options).unwrap();
+    zip.write_all(pickle).unwrap();
+    zip.start_file("archive/byteorder", options).unwrap();
+    zip.write_all(b"little").unwrap();
+    zip.finish().unwrap().into_inner()
+}
+
+/// A pickle of lists nested `depth` deep (it once overflowed the native stack).
+pub fn nested_lists_pickle(depth: usize) -> Vec<u8> {
+    let mut p = b"\x80\x02".to_vec();
+    p.extend(std::iter::repeat_n(b']', depth));
+    p.extend(std::iter::repeat_n(b'a', depth - 1));
+    p.push(b'.');
+    p
+}
+
 pub fn reference_json() -> Value {
     let bytes = std::fs::read(fixtures().join("reference.json")).expect("reference.json");
     serde_json::from_slice(&bytes).expect("reference.json parses")

@@ -106,6 +106,14 @@ def test_images():
     return out
 
 
+def file_images():
+    """The image files rewards score (make_reward_fixtures.py, make_imagereward_fixtures.py): the
+    two test images, plus an upscaled RGB one and a transparent one from
+    make_preprocess_fixtures.py, opened as the scoring code opens files."""
+    extra = [os.path.join(ROOT, "preprocess", n) for n in ("rgb-93x60.png", "rgba-120x90.png")]
+    return test_images() + [Image.open(p) for p in extra]
+
+
 def write_tokenizer(folder, vocab, merges, pad, as_json):
     """A `tokenizer/` folder as hub snapshots have it: vocab.json + merges.txt (SD 1.x/2.x,
     SDXL) or tokenizer.json (newer snapshots). Replaces what save_pretrained wrote."""
@@ -157,7 +165,70 @@ PIPELINE_CASES = [
     ("sd-turbo-tiny", "a photo of a cat", 48, 40, 2, 23),
     ("sdxl-turbo-tiny", "a photo of a cat", 40, 48, 1, 24),
     ("sdxl-turbo-tiny", "a " * 100 + "very long prompt", 40, 48, 1, 25),
+    ("sd-turbo-tf5", "a photo of a cat", 48, 40, 1, 26),
 ]
+
+
+def small_vocab_and_merges(n=1000):
+    """CLIP's BPE with only its first n merges: the byte alphabet, n merged tokens and the two
+    specials (a real CLIP tokenizer, small enough to commit several times)."""
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : n + 1]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab]
+    vocab += ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(vocab)}, merges
+
+
+def make_transformers5_snapshot():
+    """An SD-Turbo-style snapshot exactly as diffusers + transformers 5 `save_pretrained` leave it
+    (no key rewriting: the text encoder's keys lack the `text_model.` prefix hub files have, the
+    tokenizer is transformers 5's tokenizer.json), with a small real BPE vocabulary."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    vocab, merges = small_vocab_and_merges()
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, hidden_act="gelu",
+        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=1,
+        projection_dim=8)).eval()
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=[1, 2], use_linear_projection=True).eval()
+    turbo = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                 prediction_type="epsilon", timestep_spacing="trailing", steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=text, tokenizer=memory_tokenizer(vocab, merges, "!"),
+                                   unet=unet, scheduler=EulerDiscreteScheduler(**turbo), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    folder = os.path.join(ROOT, "sd-turbo-tf5")
+    pipe.save_pretrained(folder, safe_serialization=True)
+    from safetensors import safe_open
+    with safe_open(os.path.join(folder, "text_encoder", "model.safetensors"), "pt") as f:
+        assert not any(k.startswith("text_model.") for k in f.keys()), "transformers 5 layout expected"
+
+
+def make_transformers5_clip(tensors, ref, images):
+    """A CLIP reward folder exactly as transformers 5's `CLIPModel.save_pretrained` and
+    `CLIPProcessor.save_pretrained` leave it, and its scores through the processor it saved."""
+    from transformers import CLIPProcessor
+    vocab, merges = small_vocab_and_merges()
+    config = tiny_clip_config("quick_gelu", 2)
+    config.text_config.vocab_size = len(vocab)
+    config.text_config.bos_token_id = vocab["<|startoftext|>"]
+    config.text_config.eos_token_id = vocab["<|endoftext|>"]
+    model = CLIPModel(config).eval()
+    folder = os.path.join(ROOT, "clip-tf5")
+    model.save_pretrained(folder)
+    CLIPProcessor(image_processor=CLIPImageProcessor(),
+                  tokenizer=memory_tokenizer(vocab, merges, "<|endoftext|>")).save_pretrained(folder)
+    model = CLIPModel.from_pretrained(folder).eval()
+    processor = CLIPProcessor.from_pretrained(folder)
+    prompt = "a photo of a cat"
+    inputs = processor(text=[prompt], images=images, return_tensors="pt", padding="max_length")
+    with torch.no_grad():
+        tensors["clip-tf5.logits_per_image"] = model(**inputs).logits_per_image
+    ref["clip-tf5"] = {"prompt": prompt, "ids": inputs["input_ids"][0].tolist(),
+                       "processor": type(processor.image_processor).__name__}
 
 
 def memory_tokenizer(vocab, merges, pad):
@@ -235,6 +306,8 @@ def make_pipelines(tensors, ref, vocab, merges, sd2_text, sdxl_text_2):
     write_tokenizer(os.path.join(folder, "tokenizer_2"), vocab, merges, "!", False)
     for sub, model in (("text_encoder", text_1), ("text_encoder_2", sdxl_text_2)):
         save_clip(model, os.path.join(folder, sub), fp16=True, name="model.safetensors")
+
+    make_transformers5_snapshot()
 
     ref["pipelines"] = []
     for i, (name, prompt, height, width, steps, seed) in enumerate(PIPELINE_CASES):
@@ -447,6 +520,7 @@ def main():
         tensors["vae.image"] = vae.decode(latents).sample
 
     make_pipelines(tensors, ref, vocab, merges, text_model, model2)
+    make_transformers5_clip(tensors, ref, images)
 
     save_file({k: v.detach().float().contiguous() for k, v in tensors.items()},
               os.path.join(ROOT, "reference.safetensors"))

@@ -11,14 +11,15 @@ image-reward 1.5 needs transformers 4.x, so this runs in its own environment:
 
     python -m venv venv-ir && venv-ir/bin/pip install torch torchvision numpy pillow safetensors
     venv-ir/bin/pip install --no-deps transformers==4.46.3 tokenizers==0.20.3 \
-        huggingface_hub==0.26.5 timm==0.6.13 image-reward==1.5 openai-clip
+        huggingface_hub==0.26.5 timm==0.6.13 image-reward==1.5 openai-clip \
+        open_clip_torch==3.3.0 ftfy regex wcwidth
     venv-ir/bin/pip install wheel setuptools
     venv-ir/bin/pip install --no-deps --no-build-isolation fairscale==0.4.13
     venv-ir/bin/python tests/reference/make_imagereward_fixtures.py   # from the repository root
 
 Images, the float path and file path are those of make_reward_fixtures.py: the float batch goes
 through torchvision's resize (bicubic, antialias) + centre crop + normalise, as ReNO does; files
-through ImageReward's own PIL preprocessing (`inference_rank`).
+(make_fixtures.file_images()) through ImageReward's own PIL preprocessing (`inference_rank`).
 """
 
 import importlib.util
@@ -39,7 +40,7 @@ from transformers import BertTokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from make_fixtures import ROOT, test_images  # noqa: E402
+from make_fixtures import ROOT, file_images  # noqa: E402
 from make_reward_fixtures import PROMPT, differentiable_pixels, float_images  # noqa: E402
 
 OUT = os.path.join(ROOT, "rewards", "imagereward-tiny")
@@ -146,7 +147,7 @@ def main():
     tensors["imagereward.float_scores"] = s.detach().clone()
     tensors["imagereward.grad"] = x.grad.detach().clone()
     with torch.no_grad():
-        _, file_scores = model.inference_rank(PROMPT, test_images())
+        _, file_scores = model.inference_rank(PROMPT, file_images())
     tensors["imagereward.file_scores"] = torch.tensor(file_scores)
 
     tensors = {k: v.detach().float().contiguous() for k, v in tensors.items()}

@@ -17,8 +17,13 @@ Python references' scores and image gradients on them.
   only file that differs between runs: the legacy format records random storage keys).
 
 Images go through the differentiable path ReNO uses (torchvision resize bicubic antialias,
-centre crop, normalise on float tensors) and, for files, through CLIPImageProcessor. Gradients
-are d(sum of scores)/d(images). Run after make_fixtures.py, from the repository root:
+centre crop, normalise on float tensors). Image files (file_images(): the two fixture PNGs, an
+upscaled RGB one and a transparent one) go through each reward's published preprocessing
+(`.file_scores`: OpenAI CLIP's / open_clip's torchvision transforms on PIL images for clip, hps,
+aesthetic and DINOv2's eval transform; transformers 4's PIL CLIPProcessor for PickScore) and
+through transformers 5's default CLIPImageProcessor (`.file_scores_torchvision`). Gradients are
+d(sum of scores)/d(images). Run after make_fixtures.py and make_preprocess_fixtures.py, from the
+repository root:
 
     python tests/reference/make_reward_fixtures.py
 """
@@ -35,10 +40,11 @@ import torchvision
 import transformers
 from safetensors.torch import save_file
 from torchvision.transforms.v2 import functional as tvF
+from torchvision import transforms as T
 from transformers import CLIPImageProcessor, CLIPModel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_fixtures import ROOT, half_roundtrip, test_images  # noqa: E402
+from make_fixtures import ROOT, file_images, half_roundtrip, test_images  # noqa: E402
 
 OUT = os.path.join(ROOT, "rewards")
 PROMPT = "a photo of a cat"
@@ -80,7 +86,23 @@ def differentiable_pixels(x, short=224, mean=MEAN, std=STD):
     return tvF.normalize(y, mean, std)
 
 
+def pil_transforms(short=224, crop=224, mean=MEAN, std=STD):
+    """OpenAI CLIP's `_transform` (also open_clip's eval transform, ImageReward's, the LAION
+    aesthetic scripts', and with ImageNet statistics DINOv2's eval transform)."""
+    tf = T.Compose([T.Resize(short, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(crop),
+                    lambda im: im.convert("RGB"), T.ToTensor(), T.Normalize(mean, std)])
+    return lambda images: torch.stack([tf(im) for im in images])
+
+
+def pil_processor(images):
+    """transformers 4's CLIPProcessor (PickScore's code): RGB first, then the PIL processor."""
+    from transformers import CLIPImageProcessorPil  # transformers 5 (this script's environment)
+    proc = CLIPImageProcessorPil()
+    return proc(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+
+
 def file_pixels(images, proc=None):
+    """transformers 5's default CLIPImageProcessor (torchvision backend)."""
     proc = proc or CLIPImageProcessor()  # CLIP's defaults: 224, bicubic, centre crop, CLIP mean/std
     return proc(images=images, return_tensors="pt")["pixel_values"]
 
@@ -97,8 +119,10 @@ def unit(t):
     return t / t.norm(dim=-1, keepdim=True)
 
 
-def record(tensors, name, score_fn, grad=True, pixels=differentiable_pixels, proc=None):
-    """Scores of the float batch (with their image gradient) and of the two PNGs."""
+def record(tensors, name, score_fn, grad=True, pixels=differentiable_pixels, published=pil_transforms(),
+           proc=None):
+    """Scores of the float batch (with their image gradient) and of the image files, through the
+    reward's published preprocessing and through transformers 5's processor."""
     x = float_images().requires_grad_(grad)
     s = score_fn(pixels(x))
     tensors[f"{name}.float_scores"] = s.detach().clone()
@@ -106,16 +130,18 @@ def record(tensors, name, score_fn, grad=True, pixels=differentiable_pixels, pro
         s.sum().backward()
         tensors[f"{name}.grad"] = x.grad.detach().clone()
     with torch.no_grad():
-        tensors[f"{name}.file_scores"] = score_fn(file_pixels(test_images(), proc)).clone()
+        tensors[f"{name}.file_scores"] = score_fn(published(file_images())).clone()
+        tensors[f"{name}.file_scores_torchvision"] = score_fn(file_pixels(file_images(), proc)).clone()
 
 
-def hf_clip_scores(folder, tensors, name, variant=None):
+def hf_clip_scores(folder, tensors, name, variant=None, published=pil_transforms()):
     model = CLIPModel.from_pretrained(os.path.join(ROOT, folder), variant=variant).float().eval()
     tok = transformers.AutoTokenizer.from_pretrained(os.path.join(ROOT, folder))
     with torch.no_grad():
         text = unit(text_features(model, **tok([PROMPT], return_tensors="pt")))
     scale = model.logit_scale.exp().item()
-    record(tensors, name, lambda px: scale * (unit(image_features(model, px)) @ text.T)[:, 0])
+    record(tensors, name, lambda px: scale * (unit(image_features(model, px)) @ text.T)[:, 0],
+           published=published)
     return model
 
 
@@ -137,8 +163,12 @@ def open_clip_model():
 def main():
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    shutil.rmtree(OUT, ignore_errors=True)
-    os.makedirs(OUT)
+    # Everything but imagereward-tiny, which make_imagereward_fixtures.py writes.
+    os.makedirs(OUT, exist_ok=True)
+    for entry in os.listdir(OUT):
+        if entry != "imagereward-tiny":
+            path = os.path.join(OUT, entry)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     tensors = {}
     ref = {"prompt": PROMPT, "versions": {
         "torch": torch.__version__, "torchvision": torchvision.__version__,
@@ -147,7 +177,7 @@ def main():
 
     # CLIPScore and PickScore on transformers folders.
     clip = hf_clip_scores("clip-openai", tensors, "clip")
-    hf_clip_scores("clip-openclip", tensors, "pickscore", variant="fp16")
+    hf_clip_scores("clip-openclip", tensors, "pickscore", variant="fp16", published=pil_processor)
 
     # OpenCLIP layout: hub safetensors and HPSv2's .pt, one model.
     oc, cfg = open_clip_model()
@@ -165,8 +195,11 @@ def main():
         text = unit(oc.encode_text(tokens))
     scale = oc.logit_scale.exp().item()
     cos = lambda px: (unit(oc.encode_image(px)) @ text.T)[:, 0]  # noqa: E731
-    record(tensors, "hps", cos)
-    record(tensors, "open_clip", lambda px: scale * cos(px), grad=False)
+    # HPSv2 scores through open_clip's own eval transform: the same pipeline as pil_transforms.
+    oc_transform = open_clip.image_transform(224, is_train=False, mean=MEAN, std=STD)
+    hps_files = lambda images: torch.stack([oc_transform(im) for im in images])  # noqa: E731
+    record(tensors, "hps", cos, published=hps_files)
+    record(tensors, "open_clip", lambda px: scale * cos(px), grad=False, published=hps_files)
     ref["open_clip_tokens"] = tokens[0][: int(tokens[0].argmax()) + 1].tolist()
 
     # LAION aesthetic head on clip-openai's image embedding.
@@ -190,11 +223,14 @@ def main():
                       image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
     proc = AutoImageProcessor.from_pretrained(folder)
     ref["dino_processor"] = type(proc).__name__
+    # DINOv2's eval transform (Resize(256, BICUBIC), CenterCrop(224), ImageNet statistics) on PIL
+    # images, for the reference image and scored files alike.
+    dino_files = pil_transforms(256, 224, proc.image_mean, proc.image_std)
     with torch.no_grad():
-        reference_feature = unit(dino(pixel_values=file_pixels([test_images()[1]], proc)).pooler_output)
+        reference_feature = unit(dino(pixel_values=dino_files([test_images()[1]])).pooler_output)
     dino_pixels = lambda x: differentiable_pixels(x, 256, proc.image_mean, proc.image_std)  # noqa: E731
     record(tensors, "dino", lambda px: (unit(dino(pixel_values=px).pooler_output) @ reference_feature.T)[:, 0],
-           pixels=dino_pixels, proc=proc)
+           pixels=dino_pixels, published=dino_files, proc=proc)
 
     # Checkpoints that must be refused.
     bad = os.path.join(OUT, "bad")

@@ -8,7 +8,7 @@ use serde_json::json;
 use tastebud_core::models::clip::{CLIP_FILES, Clip};
 use tastebud_core::noise::Noise;
 use tastebud_core::pipeline::{ModelIndex, Pipeline, Request, to_rgb8};
-use tastebud_core::preprocess::decode_rgb;
+use tastebud_core::preprocess::{ImageFile, PreprocessChoice, decode_image};
 use tastebud_core::reno::{Flow, NoiseObjective, RenoConfig, reno};
 use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
 use tastebud_core::{ComputeDevice, DeviceChoice, ModelFiles, Precision, device};
@@ -100,15 +100,17 @@ impl Optimized {
 }
 
 /// PNG/JPEG bytes from JS, decoded; errors name the image by index.
-fn decode_all(
-    images: &[js_sys::Uint8Array],
-) -> Result<Vec<tastebud_core::image::RgbImage>, JsError> {
+fn decode_all(images: &[js_sys::Uint8Array]) -> Result<Vec<ImageFile>, JsError> {
     images
         .iter()
         .enumerate()
-        .map(|(i, bytes)| decode_rgb(&format!("image {i}"), &bytes.to_vec()))
+        .map(|(i, bytes)| decode_image(&format!("image {i}"), &bytes.to_vec()))
         .collect::<tastebud_core::Result<Vec<_>>>()
         .map_err(js)
+}
+
+fn parse_preprocess(choice: Option<String>) -> Result<PreprocessChoice, JsError> {
+    choice.as_deref().unwrap_or("auto").parse().map_err(js)
 }
 
 pub(crate) fn js(e: tastebud_core::Error) -> JsError {
@@ -163,13 +165,24 @@ impl Tastebud {
     }
 
     /// CLIPScore of one PNG/JPEG image against `prompt`, as JSON `{cosine, logit}`.
-    pub async fn score(&self, prompt: String, image: Vec<u8>) -> Result<String, JsError> {
+    /// `preprocess`: `"auto"` (the default: OpenAI CLIP's PIL pipeline), `"pil"` or
+    /// `"torchvision"` (transformers 5's `CLIPImageProcessor`).
+    pub async fn score(
+        &self,
+        prompt: String,
+        image: Vec<u8>,
+        preprocess: Option<String>,
+    ) -> Result<String, JsError> {
         let clip = self
             .clip
             .as_ref()
             .ok_or_else(|| JsError::new("no CLIP model loaded: call load_clip first"))?;
-        let decoded = decode_rgb("image", &image).map_err(js)?;
-        let scores = clip.score(&prompt, &[decoded], false).await.map_err(js)?;
+        let preprocess = parse_preprocess(preprocess)?;
+        let decoded = decode_image("image", &image).map_err(js)?;
+        let scores = clip
+            .score(&prompt, &[decoded], preprocess, false)
+            .await
+            .map_err(js)?;
         let s = scores
             .first()
             .ok_or_else(|| JsError::new("no score returned"))?;
@@ -225,11 +238,15 @@ impl Tastebud {
 
     /// Scores PNG/JPEG images (an array of byte arrays, one batch) with every added reward:
     /// JSON `{labels, scores: [{rewards: [..], weighted_total, loss}]}`, one score per image.
+    /// `preprocess`: `"auto"` (the default: each reward's published pipeline), `"pil"` or
+    /// `"torchvision"`.
     pub async fn score_rewards(
         &mut self,
         prompt: String,
         images: Vec<js_sys::Uint8Array>,
+        preprocess: Option<String>,
     ) -> Result<String, JsError> {
+        let preprocess = parse_preprocess(preprocess)?;
         let set = self
             .rewards
             .as_mut()
@@ -237,7 +254,7 @@ impl Tastebud {
         let decoded = decode_all(&images)?;
         set.set_prompt(&prompt, false).map_err(js)?;
         let values = set
-            .evaluate_files(&decoded, &self.device.device)
+            .evaluate_files(&decoded, preprocess, &self.device.device)
             .map_err(js)?;
         let scores = set.read(values).await.map_err(js)?;
         let labels: Vec<&str> = set.terms().iter().map(|t| t.label.as_str()).collect();

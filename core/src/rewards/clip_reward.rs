@@ -8,7 +8,7 @@ use super::{Reward, RewardKind};
 use crate::files::ModelFiles;
 use crate::models::clip::open_clip::{self, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, OpenClipArch};
 use crate::models::clip::{CLIP_FILES, CLIP_WEIGHTS, Clip};
-use crate::preprocess::ImageProcessorConfig;
+use crate::preprocess::{FilePreprocess, ImageProcessorConfig};
 use crate::{Error, Result};
 
 /// HPSv2's published checkpoints (open_clip state dicts under `state_dict`).
@@ -74,7 +74,13 @@ pub struct ClipReward {
 impl ClipReward {
     pub fn from_files(kind: RewardKind, files: ModelFiles, device: &Device) -> Result<Self> {
         let arch = (kind == RewardKind::Hps).then_some(&OpenClipArch::VIT_H_14);
-        let clip = load_clip(files, arch, device)?;
+        let mut clip = load_clip(files, arch, device)?;
+        // PickScore's published code scores through transformers 4's `CLIPProcessor`; OpenAI
+        // CLIP and open_clip (HPSv2) through torchvision transforms on PIL images.
+        clip.image_config.files = match kind {
+            RewardKind::PickScore => FilePreprocess::PilProcessor,
+            _ => FilePreprocess::PilTransforms,
+        };
         Ok(Self { kind, clip })
     }
 

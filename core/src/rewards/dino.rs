@@ -6,7 +6,9 @@ use burn::tensor::{Device, Tensor};
 use super::{Reward, RewardKind};
 use crate::files::ModelFiles;
 use crate::models::dinov2::{DINOV2_WEIGHTS, Dinov2Model};
-use crate::preprocess::{ImageProcessorConfig, decode_rgb, pixel_batch};
+use crate::preprocess::{
+    FilePreprocess, ImageProcessorConfig, PreprocessChoice, decode_image, pixel_batch,
+};
 use crate::{Error, Result};
 
 /// ImageNet normalisation, `BitImageProcessor`'s default for DINOv2.
@@ -45,6 +47,7 @@ impl DinoReward {
                 crop: 224,
                 mean: IMAGENET_MEAN,
                 std: IMAGENET_STD,
+                files: FilePreprocess::PilTransforms,
             }
         };
         let names = files.names_with_extension(REFERENCE_EXTENSIONS);
@@ -57,7 +60,7 @@ impl DinoReward {
         }
         let images = names
             .iter()
-            .map(|n| decode_rgb(&files.label(n), files.get(n).unwrap_or_default()))
+            .map(|n| decode_image(&files.label(n), files.get(n).unwrap_or_default()))
             .collect::<Result<Vec<_>>>()?;
         let model = Dinov2Model::from_files(&mut files, device)?;
         if !image_config.crop.is_multiple_of(model.patch_size) {
@@ -69,7 +72,9 @@ impl DinoReward {
                 ),
             });
         }
-        let references = unit(model.forward(pixel_batch(&images, &image_config, device)));
+        // References go through DINOv2's published eval transform (Pillow), like scored files.
+        let pixels = pixel_batch(&images, &image_config, PreprocessChoice::Auto, device);
+        let references = unit(model.forward(pixels));
         Ok(Self {
             model,
             image_config,

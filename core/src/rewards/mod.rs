@@ -3,8 +3,9 @@
 //!
 //! Every reward scores through one method, [`Reward::score_pixels`], on pixels already resized,
 //! cropped and normalised for it. Generated images get there through the differentiable
-//! [`resize_crop_normalize`] (what ReNO does); image files through `CLIPImageProcessor`'s exact
-//! uint8 path ([`pixel_batch`]), so file scores equal transformers'.
+//! [`resize_crop_normalize`] (what ReNO does); image files through [`pixel_batch`], exactly as
+//! each reward's published scoring code preprocesses them (or as the user chose), so file
+//! scores equal the numbers those projects publish.
 
 pub mod aesthetic;
 pub mod clip_reward;
@@ -13,11 +14,12 @@ pub mod image_reward;
 pub mod personal;
 
 use burn::tensor::{Device, Tensor};
-use image::RgbImage;
 use serde::Serialize;
 
 use crate::files::ModelFiles;
-use crate::preprocess::{ImageProcessorConfig, pixel_batch, resize_crop_normalize};
+use crate::preprocess::{
+    ImageFile, ImageProcessorConfig, PreprocessChoice, pixel_batch, resize_crop_normalize,
+};
 use crate::{Error, Result, read_f32};
 
 /// The rewards Tastebud knows, by the names users give them.
@@ -281,12 +283,25 @@ impl RewardSet {
         self.combine(|reward| Ok(resize_crop_normalize(images.clone(), reward.image_config())))
     }
 
-    /// Scores decoded image files, preprocessed exactly as `CLIPImageProcessor` does.
-    pub fn evaluate_files(&self, images: &[RgbImage], device: &Device) -> Result<RewardValues> {
+    /// Scores image files, each reward's pixels preprocessed as `preprocess` resolves for it
+    /// (`Auto`: the reward's published scoring code).
+    pub fn evaluate_files(
+        &self,
+        images: &[ImageFile],
+        preprocess: PreprocessChoice,
+        device: &Device,
+    ) -> Result<RewardValues> {
         if images.is_empty() {
             return Err(Error::argument("images", "no image to score"));
         }
-        self.combine(|reward| Ok(pixel_batch(images, reward.image_config(), device)))
+        self.combine(|reward| {
+            Ok(pixel_batch(
+                images,
+                reward.image_config(),
+                preprocess,
+                device,
+            ))
+        })
     }
 
     fn combine(&self, pixels: impl Fn(&dyn Reward) -> Result<Tensor<4>>) -> Result<RewardValues> {

@@ -3,14 +3,13 @@
 //! the search methods like any population reward, alone or mixed with them.
 
 use burn::tensor::{Device, Tensor};
-use image::RgbImage;
 
 use super::clip_reward::load_clip;
 use super::{Reward, RewardKind};
 use crate::files::ModelFiles;
 use crate::models::clip::{CLIP_FILES, Clip};
 use crate::personal::{HEAD_CONFIG, HEAD_WEIGHTS, PersonalHead};
-use crate::preprocess::{ImageProcessorConfig, pixel_batch};
+use crate::preprocess::{ImageFile, ImageProcessorConfig, PreprocessChoice, pixel_batch};
 use crate::{Error, Result, read_f32};
 
 /// A head folder's files and the CLIP's (handed over together).
@@ -26,12 +25,19 @@ fn unit(t: Tensor<2>) -> Tensor<2> {
     t.clone() / t.powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12)
 }
 
-/// Unit image embeddings of decoded images, `CLIPImageProcessor`-exact: what heads are fitted on.
-pub async fn embed_images(clip: &Clip, images: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+/// Unit image embeddings of image files, preprocessed as the CLIP's published code does:
+/// what heads are fitted on.
+pub async fn embed_images(clip: &Clip, images: &[ImageFile]) -> Result<Vec<Vec<f32>>> {
     if images.is_empty() {
         return Ok(vec![]);
     }
-    let e = unit(clip.image_embeds(pixel_batch(images, &clip.image_config, &clip.device))?);
+    let pixels = pixel_batch(
+        images,
+        &clip.image_config,
+        PreprocessChoice::Auto,
+        &clip.device,
+    );
+    let e = unit(clip.image_embeds(pixels)?);
     let d = e.dims()[1];
     Ok(read_f32(e).await?.chunks(d).map(<[f32]>::to_vec).collect())
 }

@@ -11,14 +11,13 @@ pub mod vision;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
-use image::RgbImage;
 use serde::Serialize;
 
 use self::config::{Activation, ClipConfig};
 use self::text::ClipTextTransformer;
 use self::vision::ClipVisionTransformer;
 use crate::files::ModelFiles;
-use crate::preprocess::{ImageProcessorConfig, pixel_batch};
+use crate::preprocess::{ImageFile, ImageProcessorConfig, PreprocessChoice, pixel_batch};
 use crate::tokenizer::{ClipTokenizer, TokenizedPrompt};
 use crate::{Error, Result, read_f32, torch_pickle, weights};
 
@@ -41,6 +40,59 @@ pub const CLIP_WEIGHTS: &[&str] = &[
     "model.fp16.safetensors",
     "pytorch_model.bin",
 ];
+
+/// Key renames that bring every layout transformers loads into a CLIP to the hub's names
+/// (`text_model.*`, `vision_model.*`, `text_projection`, ...), applied in order:
+/// - a `clip.` prefix (`CLIPPreTrainedModel.base_model_prefix`, which transformers strips);
+/// - a doubled tower prefix (`text_model.text_model.`), which its `PrefixChange` rules fold.
+const CLIP_LAYOUTS: &[(&str, &str)] = &[
+    ("clip.", ""),
+    ("text_model.text_model.", "text_model."),
+    ("vision_model.vision_model.", "vision_model."),
+];
+/// For standalone text encoders (`CLIPTextModel`, `CLIPTextModelWithProjection`) also the
+/// unprefixed tower that transformers 5's `save_pretrained` writes for `CLIPTextModel`.
+const TEXT_ENCODER_LAYOUTS: &[(&str, &str)] = &[
+    ("embeddings.", "text_model.embeddings."),
+    ("encoder.", "text_model.encoder."),
+    ("final_layer_norm.", "text_model.final_layer_norm."),
+];
+
+/// Which layouts a checkpoint may come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipLayout {
+    /// `CLIPModel`: both towers, prefixed.
+    Full,
+    /// `CLIPTextModel(WithProjection)`: the text tower, prefixed or not.
+    TextEncoder,
+}
+
+impl ClipLayout {
+    fn rules(self) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+        let text: &[_] = match self {
+            Self::Full => &[],
+            Self::TextEncoder => TEXT_ENCODER_LAYOUTS,
+        };
+        CLIP_LAYOUTS.iter().chain(text)
+    }
+
+    /// A tensor's hub name.
+    pub fn canonical_name(self, name: &str) -> String {
+        self.rules().fold(name.to_string(), |n, (from, to)| {
+            match n.strip_prefix(from) {
+                Some(rest) => format!("{to}{rest}"),
+                None => n,
+            }
+        })
+    }
+
+    /// The same renames as `(regex, replacement)` pairs for [`weights::load_remapped`].
+    pub fn remap(self) -> Vec<(String, String)> {
+        self.rules()
+            .map(|(from, to)| (format!("^{}", from.replace('.', "\\.")), to.to_string()))
+            .collect()
+    }
+}
 
 /// The weights of `CLIPModel`, named as in transformers' checkpoints.
 #[derive(Module, Debug)]
@@ -133,11 +185,12 @@ impl Clip {
         let logit_scale = weights::read_scalar(&weights_file, &bytes, "logit_scale")?
             .unwrap_or(config.logit_scale_init_value);
         let model = ClipModel::new(&config, &config_file, device)?;
-        let model = weights::load_into(
+        let model = weights::load_remapped(
             model,
             &weights_file,
             bytes,
             &["position_ids", "logit_scale"],
+            &ClipLayout::Full.remap(),
         )?;
         Ok(Self {
             model,
@@ -198,11 +251,12 @@ impl Clip {
         unit(image_embeds).matmul(unit(text_embeds).transpose())
     }
 
-    /// CLIPScore of decoded images against one prompt.
+    /// CLIPScore of image files against one prompt, each preprocessed as `preprocess` says.
     pub async fn score(
         &self,
         prompt: &str,
-        images: &[RgbImage],
+        images: &[ImageFile],
+        preprocess: PreprocessChoice,
         truncate: bool,
     ) -> Result<Vec<ClipScore>> {
         if images.is_empty() {
@@ -213,7 +267,8 @@ impl Clip {
         }
         let tokens = self.tokenize(prompt, truncate)?;
         let text = self.text_embeds(&[tokens]);
-        let image = self.image_embeds(pixel_batch(images, &self.image_config, &self.device))?;
+        let pixels = pixel_batch(images, &self.image_config, preprocess, &self.device);
+        let image = self.image_embeds(pixels)?;
         let cosine = read_f32(Self::cosine(image, text)).await?;
         let scale = self.logit_scale.exp();
         Ok(cosine

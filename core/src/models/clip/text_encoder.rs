@@ -1,15 +1,16 @@
 //! A standalone CLIP text encoder, as diffusers snapshots ship it in `text_encoder/`
 //! (`CLIPTextModel`, or `CLIPTextModelWithProjection` for SDXL's second encoder): a flat
-//! `CLIPTextConfig` and `text_model.*` weights (+ `text_projection.weight`). SD 2.x's encoder is
-//! OpenCLIP-H with its last layer dropped: `num_hidden_layers` 23 and the final LayerNorm.
+//! `CLIPTextConfig` and `text_model.*` weights (+ `text_projection.weight`), or the unprefixed
+//! tower transformers 5 saves (every layout of [`ClipLayout::TextEncoder`]). SD 2.x's encoder
+//! is OpenCLIP-H with its last layer dropped: `num_hidden_layers` 23 and the final LayerNorm.
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
-use super::CLIP_WEIGHTS;
 use super::config::{Activation, ClipTextConfig};
 use super::text::{ClipTextTransformer, TextOutput};
+use super::{CLIP_WEIGHTS, ClipLayout};
 use crate::files::ModelFiles;
 use crate::tokenizer::TokenizedPrompt;
 use crate::{Error, Result, weights};
@@ -43,8 +44,10 @@ impl ClipTextEncoder {
         let weights_name = files.first_of(CLIP_WEIGHTS)?;
         let weights_file = files.label(weights_name);
         let bytes = files.take(weights_name).unwrap_or_default();
-        let projected =
-            weights::inspect(&weights_file, &bytes)?.contains_key("text_projection.weight");
+        let layout = ClipLayout::TextEncoder;
+        let projected = weights::inspect(&weights_file, &bytes)?
+            .keys()
+            .any(|k| layout.canonical_name(k) == "text_projection.weight");
         let model = ClipTextModel {
             text_model: ClipTextTransformer::new(&config, activation, device),
             text_projection: projected.then(|| {
@@ -53,7 +56,13 @@ impl ClipTextEncoder {
                     .init(device)
             }),
         };
-        let model = weights::load_into(model, &weights_file, bytes, &["position_ids"])?;
+        let model = weights::load_remapped(
+            model,
+            &weights_file,
+            bytes,
+            &["position_ids"],
+            &layout.remap(),
+        )?;
         Ok(Self {
             model,
             config,
