@@ -371,7 +371,8 @@ fn renamed(folder: &str, file: &str, rename: impl Fn(&str) -> String) -> ModelFi
 fn text_encoders_load_every_layout_transformers_accepts() {
     let tokens = openclip_scored_tokens();
     let cpu = tastebud_core::ComputeDevice::cpu().device;
-    let layouts: [(&str, fn(&str) -> String); 4] = [
+    type Rename = fn(&str) -> String;
+    let layouts: [(&str, Rename); 4] = [
         ("unprefixed", |k| k.replacen("text_model.", "", 1)),
         ("clip.", |k| format!("clip.{k}")),
         ("clip. unprefixed", |k| {

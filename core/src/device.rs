@@ -234,12 +234,16 @@ async fn wgpu_device() -> Result<(Device, AdapterSummary, u64)> {
     // Natively, tests start devices from several threads: start it under the lock.
     #[cfg(not(target_family = "wasm"))]
     {
+        if let Some(cached) = WGPU.lock().map_err(|_| poisoned())?.clone() {
+            return Ok(cached);
+        }
+        let api = graphics_api(&adapter_infos().await);
         let mut slot = WGPU.lock().map_err(|_| poisoned())?;
         if let Some(cached) = slot.clone() {
             return Ok(cached);
         }
         let mut options = Device::wgpu_options();
-        if let Some(api) = graphics_api(&adapter_infos().await) {
+        if let Some(api) = api {
             options = options.graphics_api(api);
         }
         let (device, setup) = options
