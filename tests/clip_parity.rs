@@ -489,3 +489,22 @@ fn a_clip_folder_saved_by_transformers_5_scores_like_it() {
         );
     }
 }
+
+/// transformers 5 saves the image processor inside `processor_config.json`: it is read.
+#[test]
+fn the_image_processor_inside_processor_config_is_read() {
+    let mut files = model_files("clip-tf5");
+    let json = String::from_utf8(files.take("processor_config.json").unwrap()).unwrap();
+    let json = json.replace("224", "160");
+    files.insert("processor_config.json", json.into_bytes());
+    let cfg = ImageProcessorConfig::from_files(&files).unwrap();
+    assert_eq!((cfg.shortest_edge, cfg.crop), (160, 160));
+    let err = Clip::from_files(files, &tastebud_core::ComputeDevice::cpu().device)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("processor_config.json") && err.contains("crop size 160"),
+        "{err}"
+    );
+}

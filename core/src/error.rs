@@ -85,6 +85,10 @@ pub enum Error {
     )]
     OutOfMemory(String),
 
+    /// A shipped model file differs from what its manifest records.
+    #[error("{file}: damaged: {reason} (restore it, e.g. `git checkout -- models/`)")]
+    Damaged { file: String, reason: String },
+
     /// A model or option that this build does not implement.
     #[error("not supported: {0}")]
     Unsupported(String),

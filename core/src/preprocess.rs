@@ -112,14 +112,27 @@ struct RawProcessorConfig {
 }
 
 impl ImageProcessorConfig {
-    /// From `preprocessor_config.json` if the folder has one, else CLIP's defaults.
+    /// From `preprocessor_config.json` if the folder has one, else from the `image_processor`
+    /// of `processor_config.json` (what transformers 5's `CLIPProcessor.save_pretrained`
+    /// writes), else CLIP's defaults.
     pub fn from_files(files: &ModelFiles) -> Result<Self> {
-        const NAME: &str = "preprocessor_config.json";
-        let Some(raw) = files.json_opt::<RawProcessorConfig>(NAME)? else {
-            return Ok(Self::default());
+        const PREPROCESSOR: &str = "preprocessor_config.json";
+        const PROCESSOR: &str = "processor_config.json";
+        #[derive(Deserialize)]
+        struct Processor {
+            image_processor: Option<RawProcessorConfig>,
+        }
+        let (raw, name) = match files.json_opt::<RawProcessorConfig>(PREPROCESSOR)? {
+            Some(raw) => (raw, PREPROCESSOR),
+            None => match files.json_opt::<Processor>(PROCESSOR)? {
+                Some(Processor {
+                    image_processor: Some(raw),
+                }) => (raw, PROCESSOR),
+                _ => return Ok(Self::default()),
+            },
         };
         let bad = |reason: String| Error::BadJson {
-            file: files.label(NAME),
+            file: files.label(name),
             reason,
         };
         let side = |spec: SizeSpec, what: &str| match spec {

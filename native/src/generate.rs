@@ -319,7 +319,7 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
         meta.push(("seed", args.noise.seed.to_string()));
     }
     let png = image.to_png(&meta)?;
-    std::fs::write(&args.out, png).with_context(|| format!("writing {}", args.out.display()))?;
+    crate::write_atomic(&args.out, &png)?;
     if args.json {
         let out = json!({
             "out": args.out.display().to_string(),

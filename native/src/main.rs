@@ -4,6 +4,7 @@ mod generate;
 mod optimize;
 mod personalize;
 mod score;
+mod shapes;
 
 use std::panic::AssertUnwindSafe;
 use std::process::ExitCode;
@@ -39,6 +40,13 @@ enum Command {
         #[command(subcommand)]
         command: personalize::PersonalizeCommand,
     },
+    /// Judge pictures of the shapes world against a prompt (GenEval's rules), with reasons.
+    Judge(shapes::JudgeArgs),
+    /// The shapes world: renders of prompts, training sets, the evaluation suite.
+    Shapes {
+        #[command(subcommand)]
+        command: shapes::ShapesCommand,
+    },
     /// List the devices Tastebud can run on.
     Devices {
         /// Print JSON instead of a table.
@@ -54,8 +62,19 @@ fn run(command: Command) -> Result<()> {
         Command::Score(args) => score::score(&args),
         Command::Optimize(args) => optimize::optimize(&args),
         Command::Personalize { command } => personalize::run(&command),
+        Command::Judge(args) => shapes::judge_images(&args),
+        Command::Shapes { command } => shapes::run(&command),
         Command::Devices { json } => devices(json),
     }
+}
+
+/// Writes through a temporary file and a rename, so a failed or interrupted write never leaves
+/// a torn file behind.
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use anyhow::Context;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
 /// The flags behind each way to need less memory, for an out-of-memory error.

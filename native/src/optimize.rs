@@ -289,10 +289,9 @@ pub fn optimize(args: &OptimizeArgs) -> Result<()> {
             format!("tastebud {}", env!("CARGO_PKG_VERSION")),
         ),
     ])?;
-    std::fs::write(&args.out, png).with_context(|| format!("writing {}", args.out.display()))?;
+    crate::write_atomic(&args.out, &png)?;
     if let Some(path) = &args.save_noise {
-        std::fs::write(path, finished.best_noise.to_npy())
-            .with_context(|| format!("writing {}", path.display()))?;
+        crate::write_atomic(path, &finished.best_noise.to_npy())?;
     }
     let per_step = optimize_ms / finished.count.max(1) as f64;
     if args.json {

@@ -28,6 +28,7 @@ use tastebud_core::rewards::{self, RewardKind};
 use tastebud_core::{ComputeDevice, ModelFiles};
 
 use crate::DeviceArgs;
+use crate::write_atomic;
 
 #[derive(Subcommand)]
 pub enum PersonalizeCommand {
@@ -265,13 +266,6 @@ fn read_prefs(path: &Path) -> Result<PreferenceStore> {
         &bytes,
         &Limits::default(),
     )?)
-}
-
-/// Writes through a temporary file and a rename, so a failed write never truncates the file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
 fn load_clip_args(args: &ClipArgs) -> Result<Option<Clip>> {

@@ -28,6 +28,7 @@ pub const CLIP_FILES: &[&str] = &[
     "model.fp16.safetensors",
     "pytorch_model.bin",
     "preprocessor_config.json",
+    "processor_config.json",
     "tokenizer.json",
     "vocab.json",
     "merges.txt",
@@ -168,8 +169,12 @@ impl Clip {
         }
         let image_config = ImageProcessorConfig::from_files(&files)?;
         if image_config.crop != config.vision_config.image_size {
+            let source = ["preprocessor_config.json", "processor_config.json"]
+                .into_iter()
+                .find(|n| files.contains(n))
+                .unwrap_or("preprocessor_config.json (absent: CLIP's default 224)");
             return Err(Error::BadJson {
-                file: files.label("preprocessor_config.json"),
+                file: files.label(source),
                 reason: format!(
                     "crop size {} differs from the vision model's image_size {}",
                     image_config.crop, config.vision_config.image_size

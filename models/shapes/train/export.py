@@ -1,0 +1,82 @@
+"""Stage 5: the shipped models, as unmodified Hugging Face layouts in f16 safetensors.
+
+- models/shapes/generator/: a diffusers StableDiffusionPipeline snapshot (the distilled UNet,
+  the VAE, the CLIP's text tower as `text_encoder/`, the world's tokenizer, Euler with trailing
+  timesteps), saved by diffusers' and transformers' own `save_pretrained`.
+- models/shapes/clip/: the world's CLIP as a transformers CLIPModel folder (the reward).
+- models/shapes/manifest.json: every shipped file with its size and sha256, and the scores
+  of the training run.
+"""
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextModel
+
+import common
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def main():
+    tok = common.tokenizer()
+    spec = common.world()
+    clip = CLIPModel.from_pretrained(f"{common.WORK}/clip").eval()
+    size = spec["image_size"]
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": size},
+                                           crop_size={"height": size, "width": size}),
+        tokenizer=tok)
+
+    # transformers 5's CLIPModel holds its text tower as a CLIPTextModel: the generator's encoder.
+    text = copy.deepcopy(clip.text_model)
+    assert isinstance(text, CLIPTextModel)
+    clip_dir = os.path.join(common.OUT, "clip")
+    shutil.rmtree(clip_dir, ignore_errors=True)
+    clip.to(torch.float16).save_pretrained(clip_dir)
+    processor.save_pretrained(clip_dir)
+
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(f"{common.WORK}/vae"),
+        text_encoder=text.eval(),
+        tokenizer=tok,
+        unet=UNet2DConditionModel.from_pretrained(f"{common.WORK}/unet"),
+        scheduler=EulerDiscreteScheduler(**common.TURBO_SCHEDULER),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    gen_dir = os.path.join(common.OUT, "generator")
+    shutil.rmtree(gen_dir, ignore_errors=True)
+    pipe.to(torch.float16).save_pretrained(gen_dir, safe_serialization=True)
+
+    reports = {}
+    for stage in ("clip", "vae", "unet", "distill"):
+        with open(os.path.join(common.WORK, f"{stage}.done")) as f:
+            reports[stage] = json.load(f)
+    files = []
+    for folder in (gen_dir, clip_dir):
+        for root, _, names in os.walk(folder):
+            for name in sorted(names):
+                path = os.path.join(root, name)
+                files.append({"file": os.path.relpath(path, common.OUT), "bytes": os.path.getsize(path),
+                              "sha256": sha256(path)})
+    files.sort(key=lambda f: f["file"])
+    manifest = {"world": "world.json", "files": files, "total_bytes": sum(f["bytes"] for f in files),
+                "training": reports}
+    with open(os.path.join(common.OUT, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+    common.log("export", f"wrote {len(files)} files, {manifest['total_bytes'] / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

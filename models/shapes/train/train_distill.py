@@ -1,0 +1,138 @@
+"""Stage 4: distil the diffusion UNet to one step.
+
+The teacher (stage 3) samples pictures with classifier-free guidance in 12 Euler steps from
+noise z; the student (initialised from the teacher) learns to land on the teacher's result in
+one step, and from every point the pipeline's 2-4 step trailing schedules visit on the straight
+Euler path from z*sigma_max to that result (so 1-4 steps all work). A little of the plain
+diffusion loss keeps it a diffusion model.
+"""
+
+import os
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPModel
+
+import common
+from train_unet import empty_text, encoded
+
+STAGE = "distill"
+PAIRS = max(common.scaled(8000), 500)
+TEACHER_STEPS = 12
+GUIDANCE = 3.0
+STEPS = common.scaled(2000)
+BATCH = 64
+LR = 2e-4
+DIFFUSION_WEIGHT = 0.25
+# Every timestep of the pipeline's 1-4 step trailing schedules.
+TIMESTEPS = [999, 749, 666, 499, 333, 249]
+
+
+def teacher_sample(unet, z, ctx, empty, steps=TEACHER_STEPS, guidance=GUIDANCE):
+    """Guided Euler sampling exactly as the diffusers pipeline would step it."""
+    sched = EulerDiscreteScheduler(**common.TURBO_SCHEDULER)
+    sched.set_timesteps(steps)
+    latents = z * sched.init_noise_sigma
+    uncond = empty.expand_as(ctx)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            inp = sched.scale_model_input(latents, t)
+            both = unet(torch.cat([inp, inp]), t, encoder_hidden_states=torch.cat([uncond, ctx])).sample
+            eps_u, eps_c = both.chunk(2)
+            latents = sched.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
+    return latents
+
+
+def sigmas():
+    sched = EulerDiscreteScheduler(**common.TURBO_SCHEDULER)
+    sched.set_timesteps(1000)
+    table = {int(t): float(s) for t, s in zip(sched.timesteps, sched.sigmas[:-1])}
+    return {t: table[t] for t in TIMESTEPS}
+
+
+def teacher_pairs(unet, text, empty):
+    """(noise, caption index, teacher latents), made in resumable chunks."""
+    path = os.path.join(common.WORK, "distill-pairs.npz")
+    if os.path.exists(path):
+        d = np.load(path)
+        return d["z"], d["idx"], d["x0"]
+    rng = np.random.default_rng(4)
+    idx = rng.choice(len(text), PAIRS, replace=False)
+    z = rng.standard_normal((PAIRS, 4, 16, 16)).astype(np.float32)
+    parts = []
+    for start in range(0, PAIRS, 500):
+        part = os.path.join(common.WORK, f"distill-pairs-{start}.npy")
+        if not os.path.exists(part):
+            ctx = torch.from_numpy(text[idx[start:start + 500]]).float()
+            x0 = teacher_sample(unet, torch.from_numpy(z[start:start + 500]), ctx, empty)
+            np.save(part + ".tmp.npy", x0.numpy())
+            os.replace(part + ".tmp.npy", part)
+            common.log(STAGE, f"teacher pairs {min(start + 500, PAIRS)}/{PAIRS}")
+        parts.append(np.load(part))
+    x0 = np.concatenate(parts)
+    np.savez(path + ".tmp.npz", z=z, idx=idx, x0=x0)
+    os.replace(path + ".tmp.npz", path)
+    return z, idx, x0
+
+
+def main():
+    common.setup(4)
+    if common.done(STAGE):
+        return
+    tok = common.tokenizer()
+    images, rows = common.dataset("train", 60000, 1)
+    clip = CLIPModel.from_pretrained(f"{common.WORK}/clip").eval()
+    latents, text = encoded("train", images, rows, None, clip, tok)
+    empty = empty_text(clip, tok)
+    teacher = UNet2DConditionModel.from_pretrained(f"{common.WORK}/unet-teacher").eval()
+    z, pair_idx, x0_teacher = teacher_pairs(teacher, text, empty)
+    student = UNet2DConditionModel.from_pretrained(f"{common.WORK}/unet-teacher").train()
+    sig = sigmas()
+    alphas = DDPMScheduler(**{k: v for k, v in common.TURBO_SCHEDULER.items()
+                              if k not in ("timestep_spacing", "steps_offset")}).alphas_cumprod
+    opt = torch.optim.AdamW(student.parameters(), lr=LR, weight_decay=0.01)
+    sched = common.schedule(opt, STEPS, 0.03)
+    step, _ = common.load_checkpoint(STAGE, {"model": student, "opt": opt, "sched": sched})
+    rng = random.Random(step)
+    while step < STEPS:
+        b = sorted(rng.sample(range(PAIRS), BATCH))
+        zb = torch.from_numpy(z[b])
+        target = torch.from_numpy(x0_teacher[b])
+        ctx = torch.from_numpy(text[pair_idx[b]]).float()
+        # A point on the straight Euler path from z * sigma_max to the teacher's picture.
+        t = torch.tensor([rng.choice(TIMESTEPS) for _ in b])
+        s = torch.tensor([sig[int(v)] for v in t]).view(-1, 1, 1, 1)
+        s_max = sig[999]
+        noisy = target + s * (zb * s_max - target) / s_max
+        eps_hat = student(noisy / (s * s + 1).sqrt(), t, encoder_hidden_states=ctx).sample
+        loss_distill = F.mse_loss(noisy - s * eps_hat, target)
+        # Plain diffusion on real pictures.
+        r = sorted(rng.sample(range(len(rows)), BATCH // 2))
+        x0 = torch.from_numpy(latents[r])
+        tr = torch.randint(0, 1000, (len(r),))
+        eps = torch.randn_like(x0)
+        a = alphas[tr].view(-1, 1, 1, 1)
+        pred = student(a.sqrt() * x0 + (1 - a).sqrt() * eps, tr,
+                       encoder_hidden_states=torch.from_numpy(text[r]).float()).sample
+        loss = loss_distill + DIFFUSION_WEIGHT * F.mse_loss(pred, eps)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        if step % 50 == 0:
+            common.log(STAGE, f"step {step} loss {loss.item():.4f} distill {loss_distill.item():.4f}")
+        if step % 250 == 0 or step == STEPS:
+            common.save_checkpoint(STAGE, step, {"model": student, "opt": opt, "sched": sched})
+    student.save_pretrained(f"{common.WORK}/unet")
+    common.mark_done(STAGE, {"steps": STEPS, "pairs": PAIRS, "teacher_steps": TEACHER_STEPS,
+                             "guidance": GUIDANCE, "final_loss": loss.item()})
+    common.log(STAGE, "done")
+
+
+if __name__ == "__main__":
+    main()
