@@ -35,6 +35,11 @@ impl ModelFiles {
         self.files.get(name).map(Vec::as_slice)
     }
 
+    /// Every file, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.files.iter().map(|(n, b)| (n.as_str(), b.as_slice()))
+    }
+
     /// Moves a file's bytes out (weights are large: they are not copied).
     pub fn take(&mut self, name: &str) -> Option<Vec<u8>> {
         self.files.remove(name)

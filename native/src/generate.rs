@@ -20,8 +20,9 @@ use crate::open_device;
 #[derive(Args)]
 pub struct ModelArgs {
     /// A diffusers snapshot folder (model_index.json, unet/, vae/, text_encoder/, ...).
+    /// Default: the shipped shapes-world generator (models/shapes/generator).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Another image decoder folder to use instead of the snapshot's VAE (e.g. TAESD).
     #[arg(long)]
     pub decoder: Option<PathBuf>,
@@ -30,6 +31,25 @@ pub struct ModelArgs {
 }
 
 /// Where generation starts: noise, steps and size.
+impl ModelArgs {
+    /// The snapshot folder: the one given, else the shipped generator.
+    pub fn folder(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(path) => Ok(path.clone()),
+            None => crate::shipped::model("generator"),
+        }
+    }
+
+    /// The model's path, for PNG metadata and reports.
+    pub fn describe(&self) -> String {
+        self.model
+            .clone()
+            .unwrap_or_else(|| crate::shipped::shapes_dir().join("generator"))
+            .display()
+            .to_string()
+    }
+}
+
 #[derive(Args)]
 pub struct NoiseArgs {
     /// Seed for the initial noise (the same seed gives the same image on every device).
@@ -223,7 +243,9 @@ pub(crate) fn load(
         hidden,
         "{spinner} reading {msg} {bytes}/{total_bytes} [{bar:30}]",
     );
-    let files = read_snapshot(&args.model, &reading)?;
+    let folder = args.folder()?;
+    let files = read_snapshot(&folder, &reading)?;
+    crate::shipped::verify(&folder, &files)?;
     let decoder_files = match &args.decoder {
         Some(dir) => {
             let mut files = ModelFiles::new(dir.display().to_string());
@@ -304,7 +326,7 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
     let source = args.noise.source();
     let mut meta = vec![
         ("prompt", args.prompt.clone()),
-        ("model", args.model.model.display().to_string()),
+        ("model", args.model.describe()),
         ("steps", args.noise.steps.to_string()),
         ("noise", source.clone()),
         (
@@ -391,7 +413,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         v[v.len() / 2]
     };
     let out = json!({
-        "model": args.model.model.display().to_string(),
+        "model": args.model.describe(),
         "device": device.describe(),
         "width": args.width,
         "height": args.height,

@@ -5,6 +5,7 @@ mod optimize;
 mod personalize;
 mod score;
 mod shapes;
+mod shipped;
 
 use std::panic::AssertUnwindSafe;
 use std::process::ExitCode;

@@ -48,7 +48,8 @@ pub struct OptimizeArgs {
     #[arg(long)]
     prompt: String,
     /// A reward: NAME=PATH[,PATH...][:WEIGHT], as for `tastebud score`. Repeat to combine.
-    #[arg(long = "reward", required = true, value_name = "NAME=PATH[:WEIGHT]")]
+    /// Default: the shipped shapes-world CLIP (models/shapes/clip).
+    #[arg(long = "reward", value_name = "NAME=PATH[:WEIGHT]")]
     rewards: Vec<String>,
     #[arg(long, value_enum, default_value = "reno")]
     method: Method,
@@ -274,7 +275,7 @@ pub fn optimize(args: &OptimizeArgs) -> Result<()> {
         .unwrap_or_default();
     let png = image.to_png(&[
         ("prompt", args.prompt.clone()),
-        ("model", args.model.model.display().to_string()),
+        ("model", args.model.describe()),
         (
             "noise",
             format!(

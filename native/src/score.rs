@@ -18,8 +18,9 @@ pub struct ScoreArgs {
     /// PATH a model folder or a file (a weight file's folder supplies config and tokenizer
     /// files); several paths are merged (aesthetic=head.pth,clip-vit-large-patch14;
     /// dino=dinov2-small,ref1.png,ref2.png gives DINOv2 its reference images). WEIGHT defaults
-    /// to ReNO's weight for the reward. Repeat the flag to combine rewards.
-    #[arg(long = "reward", required = true, value_name = "NAME=PATH[:WEIGHT]")]
+    /// to ReNO's weight for the reward. Repeat the flag to combine rewards. Default: the shipped
+    /// shapes-world CLIP (models/shapes/clip).
+    #[arg(long = "reward", value_name = "NAME=PATH[:WEIGHT]")]
     rewards: Vec<String>,
     /// The text to score the images against.
     #[arg(long)]
@@ -122,11 +123,20 @@ pub(crate) fn read_reward_files(spec: &RewardSpec) -> Result<ModelFiles> {
             bail!("--reward {}: {} does not exist", spec.label, path.display());
         }
     }
+    if let [folder] = spec.paths.as_slice()
+        && folder.is_dir()
+    {
+        crate::shipped::verify(folder, &files)?;
+    }
     Ok(files)
 }
 
-/// Parses `--reward` flags; a kind given twice is labelled `name#2`, ...
+/// Parses `--reward` flags (none: the shipped CLIP); a kind given twice is labelled `name#2`, ...
 pub(crate) fn parse_rewards(flags: &[String]) -> Result<Vec<RewardSpec>> {
+    if flags.is_empty() {
+        let clip = crate::shipped::model("clip")?;
+        return Ok(vec![parse_spec(&format!("clip={}", clip.display()))?]);
+    }
     let mut specs = flags
         .iter()
         .map(|s| parse_spec(s))

@@ -62,6 +62,9 @@ pub enum ShapesCommand {
         #[arg(long)]
         verbose: bool,
     },
+    /// The benchmark: generate every prompt of the evaluation suite with SEEDS seeds and judge
+    /// the pictures; accuracy per task and overall (GenEval's mean of the six), time per image.
+    Eval(EvalArgs),
     /// Write the evaluation suite: GenEval's metadata JSONL, up to PER_TASK distinct prompts per task.
     EvalSet {
         #[arg(long, default_value_t = 100)]
@@ -71,6 +74,24 @@ pub enum ShapesCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: crate::generate::ModelArgs,
+    /// The suite (GenEval metadata JSONL). Default: the committed models/shapes/eval.jsonl.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Seeds per prompt (0..SEEDS).
+    #[arg(long, default_value_t = 4)]
+    seeds: u64,
+    /// Sampling steps (1 to 4).
+    #[arg(long, default_value_t = 1)]
+    steps: usize,
+    /// Keep every picture here (`LINE-SEED.png`) with a manifest.jsonl for `shapes judge-set`.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 pub fn judge_images(args: &JudgeArgs) -> Result<()> {
@@ -136,6 +157,7 @@ pub fn run(command: &ShapesCommand) -> Result<()> {
         }
         ShapesCommand::Dataset { count, seed, out } => dataset(&world, *count, *seed, out)?,
         ShapesCommand::JudgeSet { manifest, verbose } => judge_set(&world, manifest, *verbose)?,
+        ShapesCommand::Eval(args) => eval(&world, args)?,
         ShapesCommand::EvalSet {
             per_task,
             seed,
@@ -225,6 +247,82 @@ fn judge_set(world: &World, manifest: &Path, verbose: bool) -> Result<()> {
         verdicts.push((metadata.tag.clone(), verdict.holds));
     }
     println!("{}", serde_json::to_string_pretty(&scores(&verdicts))?);
+    Ok(())
+}
+
+fn eval(world: &World, args: &EvalArgs) -> Result<()> {
+    use tastebud_core::pipeline::Request;
+    use tastebud_core::shapes::prompt::Prompt;
+    let suite_path = args
+        .prompts
+        .clone()
+        .unwrap_or_else(|| crate::shipped::shapes_dir().join("eval.jsonl"));
+    let text = std::fs::read_to_string(&suite_path)
+        .with_context(|| format!("reading {}", suite_path.display()))?;
+    let suite: Vec<Prompt> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{} line {}", suite_path.display(), i + 1))
+        })
+        .collect::<Result<_>>()?;
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    }
+    let mut t = crate::generate::Timings::default();
+    let (pipeline, device) =
+        crate::generate::load(&args.model, true, crate::generate::Gradients::None, &mut t)?;
+    let total = suite.len() as u64 * args.seeds;
+    let progress = crate::generate::bar(false, "{bar:30} {pos}/{len} pictures ({eta} left)");
+    progress.set_length(total);
+    let started = std::time::Instant::now();
+    let mut verdicts = vec![];
+    let mut manifest = String::new();
+    for (line, prompt) in suite.iter().enumerate() {
+        for seed in 0..args.seeds {
+            let request = Request {
+                prompt: prompt.prompt.clone(),
+                noise: None,
+                seed,
+                steps: args.steps,
+                height: None,
+                width: None,
+            };
+            let image = pollster::block_on(pipeline.generate(&request))?;
+            let name = format!("{line:04}-{seed}.png");
+            let found = find_objects(world, &name, &image.pixels, image.width, image.height)?;
+            let verdict = judge(world, prompt, found);
+            verdicts.push((prompt.tag.clone(), verdict.holds));
+            if let Some(out) = &args.out {
+                let png = image.to_png(&[
+                    ("prompt", prompt.prompt.clone()),
+                    ("seed", seed.to_string()),
+                ])?;
+                write_atomic(&out.join(&name), &png)?;
+                let mut row = serde_json::to_value(prompt)?;
+                row["image"] = json!(name);
+                row["holds"] = json!(verdict.holds);
+                row["reasons"] = json!(verdict.reasons);
+                manifest.push_str(&format!("{row}\n"));
+            }
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    let per_image_ms = started.elapsed().as_secs_f64() * 1e3 / total.max(1) as f64;
+    if let Some(out) = &args.out {
+        write_atomic(&out.join("manifest.jsonl"), manifest.as_bytes())?;
+    }
+    let mut report = scores(&verdicts);
+    report["model"] = json!(args.model.describe());
+    report["steps"] = json!(args.steps);
+    report["seeds"] = json!(args.seeds);
+    report["prompts"] = json!(suite.len());
+    report["device"] = json!(device.describe());
+    report["ms_per_image"] = json!(per_image_ms);
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
 

@@ -73,7 +73,8 @@ pub fn relative_position(a: [f64; 4], b: [f64; 4], threshold: f64) -> BTreeSet<&
 /// lies nearest to, when covered more than half and off by less than `color_distance`; objects
 /// are 4-connected runs of one colour. Their extents and areas are measured with coverage, so
 /// anti-aliased edges count by how much they are covered: a box fill of ~1 is a square, ~0.79 a
-/// circle, ~0.5 a triangle, at any size.
+/// circle, ~0.5 (with its area low in the box) a triangle, at any size. A run that fits no
+/// shape, or whose box is elongated or of no size the world draws, is found as `unknown`.
 pub fn find_objects(
     world: &World,
     name: &str,
@@ -187,13 +188,21 @@ pub fn find_objects(
         }
         let (w, h) = (cols.iter().sum::<f64>(), rows.iter().sum::<f64>());
         let fill = area / (w * h).max(1.0);
-        let shape = if fill >= world.judge.square_fill {
-            "square"
-        } else if fill >= world.judge.circle_fill {
-            "circle"
-        } else {
-            "triangle"
-        };
+        // A shape only when it looks like one: its fill, a squarish box, a world-sized side,
+        // and (a triangle) its area low in its box. Anything else is an unknown blob.
+        let j = &world.judge;
+        let side = w.max(h) / n as f64;
+        let plausible = w.max(h) <= j.max_aspect * w.min(h)
+            && (j.side_range[0]..=j.side_range[1]).contains(&side);
+        let low = centroid_y(&members, n) - (y0 + y1 + 1) as f64 / 2.0;
+        let shape = j
+            .fills
+            .iter()
+            .filter(|(_, f)| (fill - **f).abs() <= j.fill_tolerance)
+            .map(|(name, _)| name.as_str())
+            .find(|name| *name != "triangle" || low > 0.08 * h)
+            .filter(|_| plausible)
+            .unwrap_or("unknown");
         // Box edges: the first and last covered columns and rows, by how much they are covered.
         let edge = |profile: &[f64], origin: usize| {
             let first = profile.iter().position(|&t| t > 0.0).unwrap_or(0);
@@ -215,8 +224,13 @@ pub fn find_objects(
             fill,
         });
     }
-    found.sort_by(|a, b| b.area.cmp(&a.area));
+    found.sort_by_key(|f| std::cmp::Reverse(f.area));
     Ok(found)
+}
+
+/// Mean row of a run's pixels (+0.5: pixel centres).
+fn centroid_y(members: &[usize], n: usize) -> f64 {
+    members.iter().map(|i| (i / n) as f64 + 0.5).sum::<f64>() / members.len().max(1) as f64
 }
 
 fn plural(n: usize, word: &str) -> String {
@@ -352,6 +366,18 @@ mod tests {
                 }
             }
             assert!(wrong.is_empty(), "{task}: {wrong:?}");
+        }
+    }
+
+    /// Noise is not a picture of anything: whatever runs of palette colour it has fit no shape.
+    #[test]
+    fn noise_holds_no_shapes() {
+        let world = World::builtin().unwrap();
+        let mut rng = Rng::new(4);
+        for _ in 0..20 {
+            let pixels: Vec<u8> = (0..64 * 64 * 3).map(|_| rng.below(256) as u8).collect();
+            let found = find_objects(&world, "noise", &pixels, 64, 64).unwrap();
+            assert!(found.iter().all(|f| f.shape == "unknown"), "{found:?}");
         }
     }
 

@@ -55,10 +55,15 @@ pub struct JudgeSpec {
     pub color_distance: f64,
     /// Components smaller than this many pixels are noise.
     pub min_area: usize,
-    /// Fill of the bounding box at or above which a component is a square.
-    pub square_fill: f64,
-    /// ... at or above which (and below `square_fill`) it is a circle; a triangle below.
-    pub circle_fill: f64,
+    /// How much of its bounding box each shape fills, as the judge measures it on renders
+    /// (square ~1, circle ~pi/4, triangle ~1/2; thin apexes and rims bias the measure up).
+    pub fills: std::collections::BTreeMap<String, f64>,
+    /// A run is a shape when its fill is this close to the shape's.
+    pub fill_tolerance: f64,
+    /// ... its box no more elongated than this ...
+    pub max_aspect: f64,
+    /// ... and its longer side within this range (fractions of the image side).
+    pub side_range: [f64; 2],
     /// Bounding-box side (fraction of the image) from which an object is large.
     pub large_side: f64,
 }

