@@ -12,7 +12,10 @@ use tastebud_core::manifest::Manifest;
 pub(crate) fn models_root() -> PathBuf {
     std::env::var_os("TASTEBUD_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"))
+        .unwrap_or_else(|| {
+            let native = Path::new(env!("CARGO_MANIFEST_DIR"));
+            native.parent().unwrap_or(native).join("models")
+        })
 }
 
 pub(crate) fn shapes_dir() -> PathBuf {

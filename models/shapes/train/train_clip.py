@@ -4,10 +4,18 @@ Each picture is scored against every caption of the batch plus its own hard nega
 caption with a colour, shape, count, size or relation changed, or the two objects' roles or
 colours swapped), so the reward learns what the judge checks. Reported: accuracy at ranking the
 true caption above all of its hard negatives, on held-out pictures.
+
+Three phases: uniform batches; then (from FOCUS_FROM) a third of each batch is position
+captions, each with its flipped relation and swapped roles as its negatives; then (from
+MIRROR_FROM) those pictures also come mirrored in the same batch, with left/right (or, without
+triangles, above/below) swapped in their captions: minimal pairs that differ only in where
+things are. Plain contrastive training learns a bag of words first: after phase one a flipped
+relation was told apart half the time, after phase two a third.
 """
 
 import random
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import CLIPModel
@@ -15,10 +23,47 @@ from transformers import CLIPModel
 import common
 
 STAGE = "clip"
-STEPS = common.scaled(3000)
+STEPS = common.scaled(6500)
+FOCUS_FROM = common.scaled(3000)
+MIRROR_FROM = common.scaled(5000)
+MIRRORS = 24  # mirrored position pictures per batch
+FOCUS_SHARE = 0.35
 BATCH = 128
 NEGATIVES = 2  # per picture and step
 LR = 1e-3
+
+
+RELATION_WORDS = {"left", "right", "above", "below", "over", "under"}
+
+
+def relational_negatives(row):
+    """A position caption's negatives that change only where things are: the relation flipped,
+    the roles (or colours) swapped."""
+    words = row["caption"].split()
+    out = []
+    for n in row["negatives"]:
+        nw = n.split()
+        flipped = len(nw) == len(words) and all(
+            a == b or (a in RELATION_WORDS and b in RELATION_WORDS) for a, b in zip(words, nw))
+        if flipped or sorted(nw) == sorted(words):
+            out.append(n)
+    return out or row["negatives"]
+
+
+SWAPS = {"left": "right", "right": "left", "above": "below", "below": "above", "over": "under",
+         "under": "over"}
+
+
+def mirrored(image, row):
+    """The picture mirrored with its captions' relation swapped, or None when mirroring would
+    turn a triangle upside down."""
+    text = row["caption"]
+    horizontal = " left " in f" {text} " or " right " in f" {text} "
+    if not horizontal and "triangle" in text:
+        return None
+    flip = lambda c: " ".join(SWAPS.get(w, w) for w in c.split())  # noqa: E731
+    pixels = image[:, ::-1] if horizontal else image[::-1]
+    return pixels, dict(row, caption=flip(text), negatives=[flip(n) for n in row["negatives"]])
 
 
 def negatives_accuracy(model, tok, images, rows, n=1000):
@@ -52,15 +97,32 @@ def main():
     sched = common.schedule(opt, STEPS, 0.05)
     step, _ = common.load_checkpoint(STAGE, {"model": model, "opt": opt, "sched": sched})
     rng = random.Random(step)
+    position = [i for i, r in enumerate(rows) if r["tag"] == "position"]
+    others = [i for i, r in enumerate(rows) if r["tag"] != "position"]
     while step < STEPS:
-        idx = sorted(rng.sample(range(len(rows)), BATCH))
+        if step < FOCUS_FROM:
+            idx = sorted(rng.sample(range(len(rows)), BATCH))
+        else:
+            focus = rng.sample(position, int(BATCH * FOCUS_SHARE))
+            idx = sorted(focus + rng.sample(others, BATCH - len(focus)))
         batch = [rows[i] for i in idx]
-        pixels = common.to_pixels(images[idx])
+        pictures = images[idx]
+        if step >= MIRROR_FROM:
+            pairs = [m for m in (mirrored(images[i], rows[i]) for i in focus[:MIRRORS]) if m]
+            # The mirrors replace the last pictures of the batch (not position ones).
+            keep = [k for k, i in enumerate(idx) if i not in set(focus)][:BATCH - len(focus) - len(pairs)]
+            keep = sorted([k for k, i in enumerate(idx) if i in set(focus)] + keep)
+            pictures = np.concatenate([pictures[keep], np.stack([p for p, _ in pairs])])
+            batch = [batch[k] for k in keep] + [r for _, r in pairs]
+        pixels = common.to_pixels(pictures)
         captions = [r["caption"] for r in batch]
         negatives = []
         for r in batch:
             pool = r["negatives"] or [r["caption"]]
-            negatives += [rng.choice(pool) for _ in range(NEGATIVES)]
+            if step >= FOCUS_FROM and r["tag"] == "position":
+                pool = relational_negatives(r)
+            negatives += [rng.choice(pool) if len(pool) > NEGATIVES else pool[k % len(pool)]
+                          for k in range(NEGATIVES)]
         ids = common.tokenize(tok, captions + negatives)
         img = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
         txt = F.normalize(model.get_text_features(input_ids=ids).pooler_output, dim=-1)
