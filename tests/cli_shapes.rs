@@ -224,3 +224,53 @@ fn a_training_set_holds_pictures_captions_and_hard_negatives() {
         assert!(negatives.iter().all(|n| *n != row["caption"]));
     }
 }
+
+/// `shapes eval` generates every (prompt, seed) of a suite, judges it, and keeps pictures with
+/// a manifest that `shapes judge-set` scores the same.
+#[test]
+fn eval_generates_judges_and_keeps_a_manifest() {
+    let suite = temp("suite.jsonl");
+    let lines: Vec<&str> =
+        std::fs::read_to_string(fixtures().join("../../models/shapes/eval.jsonl"))
+            .unwrap()
+            .lines()
+            .step_by(100)
+            .map(|l| Box::leak(l.to_string().into_boxed_str()) as &str)
+            .collect();
+    std::fs::write(&suite, lines.join("\n")).unwrap();
+    let out_dir = temp("eval-out");
+    let out = tastebud(&[
+        "shapes",
+        "eval",
+        "--model",
+        &fixtures().join("sd1-tiny").display().to_string(),
+        "--prompts",
+        &suite.display().to_string(),
+        "--seeds",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        &out_dir.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["images"], 2 * lines.len());
+    assert_eq!(report["seeds"], 2);
+    assert!(report["ms_per_image"].as_f64().unwrap() > 0.0);
+    // A random-weight model draws nothing the judge recognises.
+    assert_eq!(report["overall"], 0.0);
+    let manifest = out_dir.join("manifest.jsonl");
+    let rows = std::fs::read_to_string(&manifest).unwrap();
+    assert_eq!(rows.lines().count(), 2 * lines.len());
+    assert!(out_dir.join("0000-1.png").is_file());
+    let again = tastebud(&[
+        "shapes",
+        "judge-set",
+        "--manifest",
+        &manifest.display().to_string(),
+    ]);
+    let again: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["overall"], report["overall"]);
+    assert_eq!(again["tasks"], report["tasks"]);
+}
