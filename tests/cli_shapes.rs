@@ -230,13 +230,8 @@ fn a_training_set_holds_pictures_captions_and_hard_negatives() {
 #[test]
 fn eval_generates_judges_and_keeps_a_manifest() {
     let suite = temp("suite.jsonl");
-    let lines: Vec<&str> =
-        std::fs::read_to_string(fixtures().join("../../models/shapes/eval.jsonl"))
-            .unwrap()
-            .lines()
-            .step_by(100)
-            .map(|l| Box::leak(l.to_string().into_boxed_str()) as &str)
-            .collect();
+    let all = std::fs::read_to_string(fixtures().join("../../models/shapes/eval.jsonl")).unwrap();
+    let lines: Vec<&str> = all.lines().step_by(100).collect();
     std::fs::write(&suite, lines.join("\n")).unwrap();
     let out_dir = temp("eval-out");
     let out = tastebud(&[
