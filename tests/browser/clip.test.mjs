@@ -1,5 +1,7 @@
 // The demo page (index.html) in headless Chromium: WebGPU (SwiftShader) and the CPU fallback
-// give the same CLIPScore as the native CLI and as transformers, and bad input shows an error.
+// give the same CLIPScore as the native CLI and as transformers (its default CLIPImageProcessor,
+// asked for with preprocess=torchvision; the default Pillow path is checked against the published
+// pipelines in rewards.test.mjs), and bad input shows an error.
 //
 // Needs: web/pkg (web/build.sh), the native binary in $TASTEBUD_BIN, /usr/bin/chromium.
 import { test } from 'node:test';
@@ -30,10 +32,11 @@ async function demo(query) {
   }
 }
 
-// The native CLI's CLIPScore (exp(logit_scale) * cos) of image0.
+// The native CLI's CLIPScore (exp(logit_scale) * cos) of image0, through transformers 5's processor.
 function native(flavour, prompt) {
   const out = execFileSync(tastebud, ['score', '--reward', `clip=${path.join(fixtures, flavour)}`, '--prompt', prompt,
-    '--device', 'cpu', '--json', path.join(fixtures, 'image0.png')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    '--device', 'cpu', '--preprocess', 'torchvision', '--json', path.join(fixtures, 'image0.png')],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
   return { logit: JSON.parse(out).scores[0].rewards.clip };
 }
 
@@ -45,7 +48,8 @@ for (const flavour of ['clip-openai', 'clip-openclip']) {
   const want = { logit: referenceTensor('reference.safetensors', `${flavour}.logits_per_image`)[0], cosine: referenceTensor('reference.safetensors', `${flavour}.cosine`)[0] };
   for (const [device, backend] of [['gpu', 'wgpu'], ['cpu', 'flex']]) {
     test(`${flavour}: CLIPScore in the browser on ${device} matches native and transformers`, async () => {
-      const result = await demo({ device, model: `/tests/fixtures/${flavour}/`, image: '/tests/fixtures/image0.png', prompt });
+      const result = await demo({ device, model: `/tests/fixtures/${flavour}/`, image: '/tests/fixtures/image0.png', prompt,
+        preprocess: 'torchvision' });
       assert.equal(result.error, undefined, `page error: ${result.error}\n${result.logs.join('\n')}`);
       assert.ok(result.device.startsWith(backend), `ran on ${result.device}, wanted ${backend}`);
       const cli = native(flavour, prompt);
