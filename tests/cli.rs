@@ -1,26 +1,17 @@
 //! The `tastebud` binary end to end: scores equal transformers' on the tiny fixtures, and bad
 //! input fails with a message that names what is wrong.
 
+mod cli_common;
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
+use cli_common::*;
 use common::*;
 use serde_json::Value;
 
-fn tastebud(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tastebud"))
-        .args(args)
-        .output()
-        .expect("run tastebud")
-}
-
 fn fixture(path: &str) -> String {
     fixtures().join(path).display().to_string()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).to_string()
 }
 
 /// `--preprocess torchvision` reproduces transformers 5's `CLIPImageProcessor` and model.
@@ -806,17 +797,7 @@ fn ctrl_c_stops_optimize_and_keeps_the_best() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while !dir.join("iter-002.png").exists() {
-        assert!(started.elapsed().as_secs() < 120, "no iterate saved");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let out = child.wait_with_output().unwrap();
+    let out = interrupt_when(child, &dir.join("iter-002.png"));
     assert!(out.status.success(), "{}", stderr(&out));
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(

@@ -1,29 +1,17 @@
 //! The shapes world from the command line: renders, the judge (verdicts, reasons, bad input),
 //! training sets, the committed evaluation suite.
 
+mod cli_common;
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
+use cli_common::*;
 use common::*;
 use serde_json::Value;
 
-fn tastebud(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tastebud"))
-        .args(args)
-        .output()
-        .expect("run tastebud")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
-
 fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tastebud-shapes-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    temp_in("shapes", name)
 }
 
 fn render(prompt: &str, seed: u64, name: &str) -> String {

@@ -105,13 +105,15 @@ pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// What to draw. Prompts longer than the text encoder takes are cut, with a warning.
-    #[arg(long)]
-    prompt: String,
+    #[arg(long, required_unless_present = "prompts")]
+    prompt: Option<String>,
     #[command(flatten)]
     noise: NoiseArgs,
     /// The PNG to write.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "prompts")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    prompt_file: crate::batch::BatchArgs,
     /// Print per-stage timings.
     #[arg(long, short)]
     verbose: bool,
@@ -316,16 +318,19 @@ fn run(
 }
 
 pub fn generate(args: &GenerateArgs) -> Result<()> {
-    if args.out.extension().and_then(|e| e.to_str()) != Some("png") {
-        bail!("--out {}: must be a .png file", args.out.display());
+    let (Some(prompt), Some(out)) = (&args.prompt, &args.out) else {
+        return generate_batch(args);
+    };
+    if out.extension().and_then(|e| e.to_str()) != Some("png") {
+        bail!("--out {}: must be a .png file", out.display());
     }
-    let request = args.noise.request(&args.prompt)?;
+    let request = args.noise.request(prompt)?;
     let mut t = Timings::default();
     let (pipeline, device) = load(&args.model, args.json, Gradients::None, &mut t)?;
     let image = run(&pipeline, &request, args.json, &mut t)?;
     let source = args.noise.source();
     let mut meta = vec![
-        ("prompt", args.prompt.clone()),
+        ("prompt", prompt.clone()),
         ("model", args.model.describe()),
         ("steps", args.noise.steps.to_string()),
         ("noise", source.clone()),
@@ -341,10 +346,10 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
         meta.push(("seed", args.noise.seed.to_string()));
     }
     let png = image.to_png(&meta)?;
-    crate::write_atomic(&args.out, &png)?;
+    crate::write_atomic(out, &png)?;
     if args.json {
         let out = json!({
-            "out": args.out.display().to_string(),
+            "out": out.display().to_string(),
             "width": image.width,
             "height": image.height,
             "steps": args.noise.steps,
@@ -362,12 +367,56 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
         }
         println!(
             "wrote {} ({}x{}, {} step(s), {source})",
-            args.out.display(),
+            out.display(),
             image.width,
             image.height,
             args.noise.steps
         );
     }
+    Ok(())
+}
+
+/// `generate --prompts FILE --out-dir DIR`: every (prompt, seed) of the file, the model loaded once.
+fn generate_batch(args: &GenerateArgs) -> Result<()> {
+    let settings = json!({
+        "command": "generate",
+        "model": args.model.describe(),
+        "decoder": args.model.decoder.as_ref().map(|d| d.display().to_string()),
+        "steps": args.noise.steps,
+        "width": args.noise.width,
+        "height": args.noise.height,
+    });
+    let batch = crate::batch::Batch::open(&args.prompt_file, settings)?;
+    let mut t = Timings::default();
+    let (pipeline, device) = load(&args.model, false, Gradients::None, &mut t)?;
+    eprintln!(
+        "generating {} images on {}",
+        batch.jobs.len(),
+        device.describe()
+    );
+    let stop = crate::catch_ctrl_c();
+    batch.run(stop, |job| {
+        let request = job.request(&args.noise);
+        let mut t = Timings::default();
+        let image = run(&pipeline, &request, true, &mut t)?;
+        let png = image.to_png(&[
+            ("prompt", job.prompt.clone()),
+            ("model", args.model.describe()),
+            ("steps", request.steps.to_string()),
+            ("seed", job.seed.to_string()),
+            (
+                "software",
+                format!("tastebud {}", env!("CARGO_PKG_VERSION")),
+            ),
+        ])?;
+        let record = json!({
+            "steps": request.steps,
+            "width": image.width,
+            "height": image.height,
+            "ms": t.text + t.denoise + t.decode,
+        });
+        Ok(Some((png, record)))
+    })?;
     Ok(())
 }
 

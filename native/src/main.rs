@@ -1,5 +1,6 @@
 //! `tastebud`: the command-line front end. Reads files, picks a device, calls the core.
 
+mod batch;
 mod generate;
 mod optimize;
 mod personalize;
@@ -9,6 +10,7 @@ mod shipped;
 
 use std::panic::AssertUnwindSafe;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -73,9 +75,32 @@ fn run(command: Command) -> Result<()> {
 /// a torn file behind.
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     use anyhow::Context;
-    let tmp = path.with_extension("tmp");
+    // Named per process: shards writing into one folder never share a temporary file.
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        name.unwrap_or_default(),
+        std::process::id()
+    ));
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+/// Set by the first Ctrl-C: long runs stop after the current step (or image) and keep their work.
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// First Ctrl-C: stop gracefully; a second one: quit at once.
+pub(crate) fn catch_ctrl_c() -> &'static AtomicBool {
+    let installed = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit now)");
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will quit without saving ({e})");
+    }
+    &INTERRUPTED
 }
 
 /// The flags behind each way to need less memory, for an out-of-memory error.

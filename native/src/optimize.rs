@@ -2,18 +2,20 @@
 //! noise (ReNO), with a progress bar or a JSON report of every iteration.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
-use tastebud_core::ModelFiles;
 use tastebud_core::noise::Noise;
 use tastebud_core::pipeline::{LoadedDecoder, decoder_files, to_rgb8};
+use tastebud_core::pipeline::{Pipeline, Request, RgbImage};
 use tastebud_core::reno::{Flow, Iteration, NoiseObjective, Optimizer, RenoConfig, reno};
 use tastebud_core::rewards::ImageScores;
+use tastebud_core::rewards::RewardSet;
 use tastebud_core::search;
+use tastebud_core::{ComputeDevice, ModelFiles};
 
 use crate::generate::{
     Gradients, ModelArgs, NoiseArgs, Timings, bar, load, ms, peak_rss_mib, read_groups,
@@ -45,8 +47,8 @@ pub struct OptimizeArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// What to draw (cut to the text encoders' length if longer, as diffusers does).
-    #[arg(long)]
-    prompt: String,
+    #[arg(long, required_unless_present = "prompts")]
+    prompt: Option<String>,
     /// A reward: NAME=PATH[,PATH...][:WEIGHT], as for `tastebud score`. Repeat to combine.
     /// Default: the shipped shapes-world CLIP (models/shapes/clip).
     #[arg(long = "reward", value_name = "NAME=PATH[:WEIGHT]")]
@@ -104,8 +106,10 @@ pub struct OptimizeArgs {
     #[command(flatten)]
     noise: NoiseArgs,
     /// The best image, as PNG.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "prompts")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    prompt_file: crate::batch::BatchArgs,
     /// Save the image every K iterations into DIR (iter-000.png, ...).
     #[arg(long, num_args = 2, value_names = ["K", "DIR"])]
     save_every: Option<Vec<String>>,
@@ -125,55 +129,21 @@ fn extension_is(path: &std::path::Path, ext: &str) -> bool {
     path.extension().and_then(|e| e.to_str()) == Some(ext)
 }
 
-/// Set by the first Ctrl-C: the run stops after the current step and keeps its best so far.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// First Ctrl-C: stop gracefully; a second one: quit at once.
-fn catch_ctrl_c() {
-    let installed = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping after this step (Ctrl-C again to quit now)");
-    });
-    if let Err(e) = installed {
-        eprintln!("warning: Ctrl-C will quit without saving ({e})");
-    }
-}
-
 fn flow() -> Flow {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if crate::INTERRUPTED.load(Ordering::SeqCst) {
         Flow::Stop
     } else {
         Flow::Continue
     }
 }
 
-pub fn optimize(args: &OptimizeArgs) -> Result<()> {
-    if args.method != Method::Reno && args.save_every.is_some() {
-        bail!("--save-every: only --method reno saves its iterates");
-    }
-    if !extension_is(&args.out, "png") {
-        bail!("--out {}: must be a .png file", args.out.display());
-    }
-    if let Some(path) = &args.save_noise
-        && !extension_is(path, "npy")
-    {
-        bail!("--save-noise {}: must be a .npy file", path.display());
-    }
-    let save_every = match &args.save_every {
-        Some(v) => {
-            let k: usize =
-                v[0].parse().ok().filter(|&k| k > 0).with_context(|| {
-                    format!("--save-every {}: K must be a positive integer", v[0])
-                })?;
-            let dir = PathBuf::from(&v[1]);
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("--save-every: creating {}", dir.display()))?;
-            Some((k, dir))
-        }
-        None => None,
-    };
+/// The method's settings for one (seed, steps).
+fn methods(
+    args: &OptimizeArgs,
+    seed: u64,
+    steps: usize,
+    preview_every: Option<usize>,
+) -> (RenoConfig, Option<search::Method>) {
     let config = RenoConfig {
         iterations: args.iters,
         lr: args.lr,
@@ -186,10 +156,10 @@ pub fn optimize(args: &OptimizeArgs) -> Result<()> {
         },
         grad_clip: args.grad_clip,
         prior_weight: args.prior_weight,
-        steps: args.noise.steps,
-        seed: args.noise.seed,
+        steps,
+        seed,
         clip_per_reward: false,
-        preview_every: save_every.as_ref().map(|(k, _)| *k),
+        preview_every,
     };
     let search_method = match args.method {
         Method::Reno => None,
@@ -209,17 +179,29 @@ pub fn optimize(args: &OptimizeArgs) -> Result<()> {
             reno: config.clone(),
         }),
     };
-    let request = args.noise.request(&args.prompt)?;
+    (config, search_method)
+}
+
+/// The generator, the rewards and the proxy decoder, loaded once for any number of images.
+struct Loaded {
+    pipeline: Pipeline,
+    device: ComputeDevice,
+    rewards: RewardSet,
+    proxy: Option<LoadedDecoder>,
+    timings: Timings,
+    load_rewards_ms: f64,
+}
+
+fn load_all(args: &OptimizeArgs, hidden: bool) -> Result<Loaded> {
+    if (args.method == Method::Pruned) != args.proxy_decoder.is_some() {
+        bail!("--proxy-decoder goes with --method pruned (and pruning needs it)");
+    }
     let specs = parse_rewards(&args.rewards)?;
     let reward_files = specs
         .iter()
         .map(read_reward_files)
         .collect::<Result<Vec<_>>>()?;
-
-    let mut t = Timings::default();
-    if (args.method == Method::Pruned) != args.proxy_decoder.is_some() {
-        bail!("--proxy-decoder goes with --method pruned (and pruning needs it)");
-    }
+    let mut timings = Timings::default();
     let gradients = if matches!(
         args.method,
         Method::BestOfN | Method::ZeroOrder | Method::Pruned
@@ -230,11 +212,10 @@ pub fn optimize(args: &OptimizeArgs) -> Result<()> {
     } else {
         Gradients::Kept
     };
-    let (pipeline, device) = load(&args.model, args.json, gradients, &mut t)?;
+    let (pipeline, device) = load(&args.model, hidden, gradients, &mut timings)?;
     let started = Instant::now();
-    let mut rewards = load_rewards(&specs, reward_files, &device.device)?;
+    let rewards = load_rewards(&specs, reward_files, &device.device)?;
     let load_rewards_ms = ms(started);
-    let (height, width, noise) = pipeline.prepare(&request)?;
     let proxy = match &args.proxy_decoder {
         Some(dir) => {
             let mut files = ModelFiles::new(dir.display().to_string());
@@ -243,28 +224,74 @@ pub fn optimize(args: &OptimizeArgs) -> Result<()> {
         }
         None => None,
     };
-    let labels: Vec<String> = rewards.terms().iter().map(|t| t.label.clone()).collect();
+    Ok(Loaded {
+        pipeline,
+        device,
+        rewards,
+        proxy,
+        timings,
+        load_rewards_ms,
+    })
+}
+
+/// One optimised image.
+struct Optimized {
+    finished: Finished,
+    best: ImageScores,
+    image: RgbImage,
+    labels: Vec<String>,
+    optimize_ms: f64,
+    method: String,
+    noise_note: String,
+}
+
+fn optimize_one(
+    args: &OptimizeArgs,
+    loaded: &mut Loaded,
+    request: &Request,
+    source: &str,
+    save_every: &Option<(usize, PathBuf)>,
+    hidden: bool,
+) -> Result<Optimized> {
+    let (config, search_method) = methods(
+        args,
+        request.seed,
+        request.steps,
+        save_every.as_ref().map(|(k, _)| *k),
+    );
+    let (_, _, noise) = loaded.pipeline.prepare(request)?;
+    let labels: Vec<String> = loaded
+        .rewards
+        .terms()
+        .iter()
+        .map(|t| t.label.clone())
+        .collect();
     let objective = NoiseObjective::new(
-        &pipeline,
-        &mut rewards,
-        &args.prompt,
+        &loaded.pipeline,
+        &mut loaded.rewards,
+        &request.prompt,
         &noise.shape,
-        args.noise.steps,
-        args.noise.seed,
+        request.steps,
+        request.seed,
     )?;
-    let objective = match &proxy {
+    let objective = match &loaded.proxy {
         Some(decoder) => objective.with_proxy(decoder),
         None => objective,
     };
-
-    catch_ctrl_c();
     let started = Instant::now();
     let finished = match &search_method {
-        None => run_reno(args, &objective, noise, &config, &save_every)?,
-        Some(method) => run_search(args, &objective, &noise.shape, method)?,
+        None => run_reno(
+            args,
+            &request.prompt,
+            &objective,
+            noise,
+            &config,
+            save_every,
+            hidden,
+        )?,
+        Some(method) => run_search(args, &objective, &noise.shape, request.seed, method, hidden)?,
     };
     let optimize_ms = ms(started);
-
     // The best noise's image, generated again.
     let best = pollster::block_on(objective.evaluate(&finished.best_noise.values, false))?;
     let image = pollster::block_on(to_rgb8(best.image))?;
@@ -273,69 +300,183 @@ pub fn optimize(args: &OptimizeArgs) -> Result<()> {
         .to_possible_value()
         .map(|v| v.get_name().to_string())
         .unwrap_or_default();
-    let png = image.to_png(&[
-        ("prompt", args.prompt.clone()),
+    let noise_note = format!("{method} from {source}: {}", finished.best_origin);
+    Ok(Optimized {
+        finished,
+        best: best.scores,
+        image,
+        labels,
+        optimize_ms,
+        method,
+        noise_note,
+    })
+}
+
+fn png_of(args: &OptimizeArgs, prompt: &str, done: &Optimized) -> Result<Vec<u8>> {
+    Ok(done.image.to_png(&[
+        ("prompt", prompt.to_string()),
         ("model", args.model.describe()),
-        (
-            "noise",
-            format!(
-                "{method} from {}: {}",
-                args.noise.source(),
-                finished.best_origin
-            ),
-        ),
+        ("noise", done.noise_note.clone()),
         ("rewards", args.rewards.join(" ")),
         (
             "software",
             format!("tastebud {}", env!("CARGO_PKG_VERSION")),
         ),
-    ])?;
-    crate::write_atomic(&args.out, &png)?;
+    ])?)
+}
+
+pub fn optimize(args: &OptimizeArgs) -> Result<()> {
+    if args.method != Method::Reno && args.save_every.is_some() {
+        bail!("--save-every: only --method reno saves its iterates");
+    }
+    let (Some(prompt), Some(out)) = (&args.prompt, &args.out) else {
+        return optimize_batch(args);
+    };
+    if !extension_is(out, "png") {
+        bail!("--out {}: must be a .png file", out.display());
+    }
+    if let Some(path) = &args.save_noise
+        && !extension_is(path, "npy")
+    {
+        bail!("--save-noise {}: must be a .npy file", path.display());
+    }
+    let save_every = match &args.save_every {
+        Some(v) => {
+            let k: usize =
+                v[0].parse().ok().filter(|&k| k > 0).with_context(|| {
+                    format!("--save-every {}: K must be a positive integer", v[0])
+                })?;
+            let dir = PathBuf::from(&v[1]);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("--save-every: creating {}", dir.display()))?;
+            Some((k, dir))
+        }
+        None => None,
+    };
+    let request = args.noise.request(prompt)?;
+    let mut loaded = load_all(args, args.json)?;
+    let (height, width, _) = loaded.pipeline.prepare(&request)?;
+    crate::catch_ctrl_c();
+    let done = optimize_one(
+        args,
+        &mut loaded,
+        &request,
+        &args.noise.source(),
+        &save_every,
+        args.json,
+    )?;
+    let (finished, best) = (&done.finished, &done.best);
+    crate::write_atomic(out, &png_of(args, prompt, &done)?)?;
     if let Some(path) = &args.save_noise {
         crate::write_atomic(path, &finished.best_noise.to_npy())?;
     }
-    let per_step = optimize_ms / finished.count.max(1) as f64;
+    let per_step = done.optimize_ms / finished.count.max(1) as f64;
+    let t = &loaded.timings;
     if args.json {
-        let mut out = json!({
-            "out": args.out.display().to_string(),
+        let mut report = json!({
+            "out": out.display().to_string(),
             "width": width,
             "height": height,
-            "method": method,
-            "labels": labels,
+            "method": done.method,
+            "labels": done.labels,
             "best": finished.best_origin,
-            "best_scores": best.scores,
+            "best_scores": best,
             "stopped": finished.stopped,
-            "device": device.describe(),
+            "device": loaded.device.describe(),
             "peak_rss_mib": peak_rss_mib(),
-            "ms": {"read": t.read, "load_pipeline": t.load, "load_rewards": load_rewards_ms,
-                   "optimize": optimize_ms, "per_step": per_step},
+            "ms": {"read": t.read, "load_pipeline": t.load, "load_rewards": loaded.load_rewards_ms,
+                   "optimize": done.optimize_ms, "per_step": per_step},
         });
-        if let (Some(out), Some(details)) = (out.as_object_mut(), finished.details.as_object()) {
-            out.extend(details.clone());
+        if let (Some(report), Some(details)) =
+            (report.as_object_mut(), finished.details.as_object())
+        {
+            report.extend(details.clone());
         }
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     if let Some(why) = &finished.stopped {
         eprintln!("stopped early: {why}");
     }
     println!("{:<14} {:>12} {:>12}", "", "start", "best");
-    for (i, label) in labels.iter().enumerate() {
+    for (i, label) in done.labels.iter().enumerate() {
         println!(
             "{label:<14} {:>12.4} {:>12.4}",
-            finished.start.rewards[i], best.scores.rewards[i]
+            finished.start.rewards[i], best.rewards[i]
         );
     }
     println!(
         "{:<14} {:>12.4} {:>12.4}",
-        "reward loss", finished.start.loss, best.scores.loss
+        "reward loss", finished.start.loss, best.loss
     );
     println!(
         "best: {} ({} steps, {per_step:.0} ms each); wrote {}",
         finished.best_origin,
         finished.count,
-        args.out.display()
+        out.display()
     );
+    Ok(())
+}
+
+/// `optimize --prompts FILE --out-dir DIR`: every (prompt, seed) of the file with the same
+/// method and rewards, the models loaded once. Each record holds the start and best rewards and
+/// the time spent; a job cut short by Ctrl-C is not written, so a resumed run equals an
+/// uninterrupted one.
+fn optimize_batch(args: &OptimizeArgs) -> Result<()> {
+    if args.save_every.is_some() || args.save_noise.is_some() {
+        bail!(
+            "--save-every and --save-noise are for one image; --prompts runs write each best image"
+        );
+    }
+    let (config, search_method) = methods(args, 0, args.noise.steps, None);
+    let settings = json!({
+        "command": "optimize",
+        "model": args.model.describe(),
+        "decoder": args.model.decoder.as_ref().map(|d| d.display().to_string()),
+        "rewards": args.rewards,
+        "method": args.method.to_possible_value().map(|v| v.get_name().to_string()),
+        "reno": config,
+        "search": search_method,
+        "budget": args.budget,
+        "proxy_decoder": args.proxy_decoder.as_ref().map(|d| d.display().to_string()),
+        "width": args.noise.width,
+        "height": args.noise.height,
+    });
+    let batch = crate::batch::Batch::open(&args.prompt_file, settings)?;
+    let mut loaded = load_all(args, false)?;
+    eprintln!(
+        "optimizing {} images on {}",
+        batch.jobs.len(),
+        loaded.device.describe()
+    );
+    let stop = crate::catch_ctrl_c();
+    batch.run(stop, |job| {
+        let request = job.request(&args.noise);
+        let done = optimize_one(
+            args,
+            &mut loaded,
+            &request,
+            &format!("seed {}", job.seed),
+            &None,
+            true,
+        )?;
+        if stop.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let png = png_of(args, &job.prompt, &done)?;
+        let f = &done.finished;
+        let record = json!({
+            "steps": request.steps,
+            "method": done.method,
+            "labels": done.labels,
+            "start_scores": f.start,
+            "best_scores": done.best,
+            "best": f.best_origin,
+            "count": f.count,
+            "ms": done.optimize_ms,
+        });
+        Ok(Some((png, record)))
+    })?;
     Ok(())
 }
 
@@ -354,13 +495,15 @@ struct Finished {
 
 fn run_reno(
     args: &OptimizeArgs,
+    prompt: &str,
     objective: &NoiseObjective,
     noise: Noise,
     config: &RenoConfig,
     save_every: &Option<(usize, PathBuf)>,
+    hidden: bool,
 ) -> Result<Finished> {
     let progress = bar(
-        args.json,
+        hidden,
         "{spinner} iteration {pos}/{len} [{bar:30}] {msg} ({elapsed}, {per_sec})",
     );
     progress.set_length(args.iters as u64);
@@ -374,7 +517,7 @@ fn run_reno(
         if let (Some(image), Some((_, dir))) = (image, save_every) {
             let path = dir.join(format!("iter-{:03}.png", it.iteration));
             let written = image
-                .to_png(&[("prompt", args.prompt.clone())])
+                .to_png(&[("prompt", prompt.to_string())])
                 .map_err(anyhow::Error::from)
                 .and_then(|png| Ok(std::fs::write(&path, png)?));
             if let Err(e) = written {
@@ -413,17 +556,19 @@ fn run_search(
     args: &OptimizeArgs,
     objective: &NoiseObjective,
     shape: &[usize],
+    seed: u64,
     method: &search::Method,
+    hidden: bool,
 ) -> Result<Finished> {
     let progress = bar(
-        args.json,
+        hidden,
         "{spinner} spent {pos}/{len} forward passes [{bar:30}] {msg} ({elapsed})",
     );
     progress.set_length(args.budget as u64);
     let outcome = pollster::block_on(search::search(
         objective,
         shape,
-        args.noise.seed,
+        seed,
         method,
         args.budget,
         &mut |step| {
