@@ -24,10 +24,10 @@ import common
 from train_unet import empty_text, encoded
 
 STAGE = "distill"
-PAIRS = max(common.scaled(8000), 500)
+PAIRS = max(common.scaled(4000), 500)
 TEACHER_STEPS = 12
 GUIDANCES = (1.0, 2.0, 3.5, 5.0)  # tried on the teacher; the judge picks one
-STEPS = common.scaled(2000)
+STEPS = common.scaled(500)
 BATCH = 64
 LR = 2e-4
 DIFFUSION_WEIGHT = 0.25

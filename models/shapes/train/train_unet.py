@@ -16,7 +16,7 @@ from transformers import CLIPModel
 import common
 
 STAGE = "unet"
-STEPS = common.scaled(5000)
+STEPS = common.scaled(3000)
 BATCH = 64
 LR = 5e-4
 DROP_CAPTION = 0.1

@@ -12,7 +12,7 @@ import torch
 import common
 
 STAGE = "vae"
-STEPS = common.scaled(2000)
+STEPS = common.scaled(1500)
 BATCH = 32
 LR = 1e-3
 KL_WEIGHT = 1e-6
