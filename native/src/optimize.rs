@@ -355,7 +355,6 @@ pub fn optimize(args: &OptimizeArgs) -> Result<()> {
     };
     let request = args.noise.request(prompt)?;
     let mut loaded = load_all(args, args.json)?;
-    let (height, width, _) = loaded.pipeline.prepare(&request)?;
     crate::catch_ctrl_c();
     let done = optimize_one(
         args,
@@ -375,8 +374,8 @@ pub fn optimize(args: &OptimizeArgs) -> Result<()> {
     if args.json {
         let mut report = json!({
             "out": out.display().to_string(),
-            "width": width,
-            "height": height,
+            "width": done.image.width,
+            "height": done.image.height,
             "method": done.method,
             "labels": done.labels,
             "best": finished.best_origin,
