@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use tastebud_core::noise::Rng;
 use tastebud_core::preprocess::decode_image;
-use tastebud_core::shapes::judge::{find_objects, judge};
+use tastebud_core::shapes::judge::{find_objects, judge, off_world_share};
 use tastebud_core::shapes::prompt::{Wording, eval_suite, hard_negatives, parse, sample_request};
 use tastebud_core::shapes::render::{render, sample_scene};
 use tastebud_core::shapes::{TASKS, World};
@@ -179,28 +179,37 @@ pub fn run(command: &ShapesCommand) -> Result<()> {
     Ok(())
 }
 
-/// Per-task accuracy of verdicts, and GenEval's overall score (the mean of the tasks').
-pub fn scores(verdicts: &[(String, bool)]) -> serde_json::Value {
+/// One judged picture: its task, whether the prompt holds, and its share of off-world pixels.
+pub struct Judged {
+    pub task: String,
+    pub holds: bool,
+    pub off_world: f64,
+}
+
+/// Per-task accuracy of verdicts, and GenEval's overall score (the mean of the tasks'), with the
+/// mean share of off-world pixels (`off_world_share`: how far pictures left the world).
+pub fn scores(judged: &[Judged]) -> serde_json::Value {
     let mut per_task = serde_json::Map::new();
     let mut accuracies = vec![];
+    let mean = |v: &[&Judged], f: fn(&Judged) -> f64| {
+        v.iter().map(|j| f(j)).sum::<f64>() / v.len().max(1) as f64
+    };
     for task in TASKS {
-        let of: Vec<bool> = verdicts
-            .iter()
-            .filter(|(t, _)| t == task)
-            .map(|v| v.1)
-            .collect();
+        let of: Vec<&Judged> = judged.iter().filter(|j| j.task == task).collect();
         if of.is_empty() {
             continue;
         }
-        let acc = of.iter().filter(|h| **h).count() as f64 / of.len() as f64;
+        let acc = mean(&of, |j| f64::from(u8::from(j.holds)));
         accuracies.push(acc);
         per_task.insert(
             task.to_string(),
-            json!({"accuracy": acc, "images": of.len()}),
+            json!({"accuracy": acc, "images": of.len(), "off_world": mean(&of, |j| j.off_world)}),
         );
     }
     let overall = accuracies.iter().sum::<f64>() / accuracies.len().max(1) as f64;
-    json!({"tasks": per_task, "overall": overall, "images": verdicts.len()})
+    let all: Vec<&Judged> = judged.iter().collect();
+    json!({"tasks": per_task, "overall": overall, "images": judged.len(),
+           "off_world": mean(&all, |j| j.off_world)})
 }
 
 fn judge_set(world: &World, manifest: &Path, verbose: bool) -> Result<()> {
@@ -229,13 +238,9 @@ fn judge_set(world: &World, manifest: &Path, verbose: bool) -> Result<()> {
         let name = path.display().to_string();
         let bytes = std::fs::read(&path).with_context(|| format!("reading {name}"))?;
         let decoded = decode_image(&name, &bytes)?;
-        let found = find_objects(
-            world,
-            &name,
-            &decoded.to_rgb(),
-            decoded.width(),
-            decoded.height(),
-        )?;
+        let (rgb, w, h) = (decoded.to_rgb(), decoded.width(), decoded.height());
+        let found = find_objects(world, &name, &rgb, w, h)?;
+        let off_world = off_world_share(world, &name, &rgb, w, h)?;
         let verdict = judge(world, &metadata, found);
         if verbose {
             eprintln!(
@@ -244,7 +249,11 @@ fn judge_set(world: &World, manifest: &Path, verbose: bool) -> Result<()> {
                 verdict.reasons
             );
         }
-        verdicts.push((metadata.tag.clone(), verdict.holds));
+        verdicts.push(Judged {
+            task: metadata.tag.clone(),
+            holds: verdict.holds,
+            off_world,
+        });
     }
     println!("{}", serde_json::to_string_pretty(&scores(&verdicts))?);
     Ok(())
@@ -292,9 +301,15 @@ fn eval(world: &World, args: &EvalArgs) -> Result<()> {
             };
             let image = pollster::block_on(pipeline.generate(&request))?;
             let name = format!("{line:04}-{seed}.png");
-            let found = find_objects(world, &name, &image.pixels, image.width, image.height)?;
+            let (w, h) = (image.width, image.height);
+            let found = find_objects(world, &name, &image.pixels, w, h)?;
+            let off_world = off_world_share(world, &name, &image.pixels, w, h)?;
             let verdict = judge(world, prompt, found);
-            verdicts.push((prompt.tag.clone(), verdict.holds));
+            verdicts.push(Judged {
+                task: prompt.tag.clone(),
+                holds: verdict.holds,
+                off_world,
+            });
             if let Some(out) = &args.out {
                 let png = image.to_png(&[
                     ("prompt", prompt.prompt.clone()),

@@ -66,6 +66,65 @@ pub fn relative_position(a: [f64; 4], b: [f64; 4], threshold: f64) -> BTreeSet<&
     out
 }
 
+/// Every pixel placed on the segment from the background (what most of the border is) to
+/// each palette colour: `(coverage t in 0..1, residual distance off the segment)` per colour.
+fn placement(world: &World, rgb: &[u8], n: usize) -> Vec<Vec<(f64, f64)>> {
+    let background: [f64; 3] = std::array::from_fn(|c| {
+        let mut v: Vec<u8> = (0..n)
+            .flat_map(|i| [(i, 0), (i, n - 1), (0, i), (n - 1, i)])
+            .map(|(x, y)| rgb[(y * n + x) * 3 + c])
+            .collect();
+        v.sort_unstable();
+        f64::from(v[v.len() / 2])
+    });
+    let place = |p: &[u8], c: [u8; 3]| {
+        let d: [f64; 3] = std::array::from_fn(|i| f64::from(c[i]) - background[i]);
+        let q: [f64; 3] = std::array::from_fn(|i| f64::from(p[i]) - background[i]);
+        let len2 = d.iter().map(|v| v * v).sum::<f64>().max(1.0);
+        let t = (q.iter().zip(&d).map(|(a, b)| a * b).sum::<f64>() / len2).clamp(0.0, 1.0);
+        let residual = (0..3)
+            .map(|i| (q[i] - t * d[i]).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        (t, residual)
+    };
+    rgb.chunks_exact(3)
+        .map(|p| world.colors.iter().map(|c| place(p, c.rgb)).collect())
+        .collect()
+}
+
+/// How far a picture has left the world: the share of its pixels that no mix of the background
+/// and one palette colour explains (off every segment by `color_distance` or more). A world
+/// render scores ~0; reward hacking (colour gradients, melted shapes, texture) raises it while a
+/// reward may still rise.
+pub fn off_world_share(
+    world: &World,
+    name: &str,
+    rgb: &[u8],
+    width: usize,
+    height: usize,
+) -> Result<f64> {
+    let n = world.image_size;
+    check_size(world, name, rgb, width, height)?;
+    let near = world.judge.color_distance;
+    let off = placement(world, rgb, n)
+        .iter()
+        .filter(|per| per.iter().all(|&(_, r)| r >= near))
+        .count();
+    Ok(off as f64 / (n * n) as f64)
+}
+
+fn check_size(world: &World, name: &str, rgb: &[u8], width: usize, height: usize) -> Result<()> {
+    let n = world.image_size;
+    if width != n || height != n || rgb.len() != n * n * 3 {
+        return Err(Error::BadImage {
+            name: name.to_string(),
+            reason: format!("{width}x{height}: the shapes judge reads {n}x{n} pictures"),
+        });
+    }
+    Ok(())
+}
+
 /// Reads the objects of an RGB picture (`image_size^2` pixels, row-major), largest first.
 ///
 /// Each pixel is placed on the segment from the background to each palette colour: its
@@ -83,39 +142,10 @@ pub fn find_objects(
     height: usize,
 ) -> Result<Vec<Found>> {
     let n = world.image_size;
-    if width != n || height != n || rgb.len() != n * n * 3 {
-        return Err(Error::BadImage {
-            name: name.to_string(),
-            reason: format!("{width}x{height}: the shapes judge reads {n}x{n} pictures"),
-        });
-    }
-    // The background is what most of the border is.
-    let background: [f64; 3] = std::array::from_fn(|c| {
-        let mut v: Vec<u8> = (0..n)
-            .flat_map(|i| [(i, 0), (i, n - 1), (0, i), (n - 1, i)])
-            .map(|(x, y)| rgb[(y * n + x) * 3 + c])
-            .collect();
-        v.sort_unstable();
-        f64::from(v[v.len() / 2])
-    });
+    check_size(world, name, rgb, width, height)?;
+    let placed = placement(world, rgb, n);
     let colors = world.colors.len();
-    // (coverage, residual) of every pixel for every colour.
-    let place = |p: &[u8], c: [u8; 3]| {
-        let d: [f64; 3] = std::array::from_fn(|i| f64::from(c[i]) - background[i]);
-        let q: [f64; 3] = std::array::from_fn(|i| f64::from(p[i]) - background[i]);
-        let len2 = d.iter().map(|v| v * v).sum::<f64>().max(1.0);
-        let t = (q.iter().zip(&d).map(|(a, b)| a * b).sum::<f64>() / len2).clamp(0.0, 1.0);
-        let residual = (0..3)
-            .map(|i| (q[i] - t * d[i]).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        (t, residual)
-    };
     let near = world.judge.color_distance;
-    let placed: Vec<Vec<(f64, f64)>> = rgb
-        .chunks_exact(3)
-        .map(|p| world.colors.iter().map(|c| place(p, c.rgb)).collect())
-        .collect();
     let coverage = |i: usize, c: usize| {
         let (t, r) = placed[i][c];
         if r < near { t } else { 0.0 }
@@ -370,6 +400,27 @@ mod tests {
     }
 
     /// Noise is not a picture of anything: whatever runs of palette colour it has fit no shape.
+    #[test]
+    fn renders_stay_in_the_world_and_noise_does_not() {
+        let world = World::builtin().unwrap();
+        let mut rng = Rng::new(12);
+        let mut worst: f64 = 0.0;
+        for task in TASKS {
+            for _ in 0..20 {
+                let request = sample_request(&world, task, true, &mut rng).unwrap();
+                let scene = sample_scene(&world, &request, &mut rng).unwrap();
+                let pixels = render(&world, &scene);
+                worst = worst.max(off_world_share(&world, "render", &pixels, 64, 64).unwrap());
+            }
+        }
+        // Anti-aliased rims between two objects are the only pixels no single colour explains.
+        assert!(worst < 0.01, "a render is {worst} off the world");
+        let noise: Vec<u8> = (0..64 * 64 * 3).map(|_| rng.below(256) as u8).collect();
+        let off = off_world_share(&world, "noise", &noise, 64, 64).unwrap();
+        assert!(off > 0.5, "noise is only {off} off the world");
+        assert!(off_world_share(&world, "small", &noise[..48], 4, 4).is_err());
+    }
+
     #[test]
     fn noise_holds_no_shapes() {
         let world = World::builtin().unwrap();

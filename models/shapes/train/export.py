@@ -1,9 +1,11 @@
 """Stage 5: the shipped models, as unmodified Hugging Face layouts in f16 safetensors.
 
 - models/shapes/generator/: a diffusers StableDiffusionPipeline snapshot (the distilled UNet,
-  the VAE, the CLIP's text tower as `text_encoder/`, the world's tokenizer, Euler with trailing
-  timesteps), saved by diffusers' and transformers' own `save_pretrained`.
-- models/shapes/clip/: the world's CLIP as a transformers CLIPModel folder (the reward).
+  the VAE, stage 1's CLIP text tower as `text_encoder/` (the states the UNet learned from), the
+  world's tokenizer, Euler with trailing timesteps), saved by diffusers' and transformers' own
+  `save_pretrained`.
+- models/shapes/clip/: the reward: stage 1b's CLIP (taught where things are) as a transformers
+  CLIPModel folder.
 - models/shapes/manifest.json: every shipped file with its size and sha256, and the scores
   of the training run.
 """
@@ -32,7 +34,7 @@ def sha256(path):
 def main():
     tok = common.tokenizer()
     spec = common.world()
-    clip = CLIPModel.from_pretrained(f"{common.WORK}/clip").eval()
+    clip = CLIPModel.from_pretrained(f"{common.WORK}/clip-reward").eval()
     size = spec["image_size"]
     processor = CLIPProcessor(
         image_processor=CLIPImageProcessor(size={"shortest_edge": size},
@@ -40,7 +42,7 @@ def main():
         tokenizer=tok)
 
     # transformers 5's CLIPModel holds its text tower as a CLIPTextModel: the generator's encoder.
-    text = copy.deepcopy(clip.text_model)
+    text = copy.deepcopy(CLIPModel.from_pretrained(f"{common.WORK}/clip").text_model)
     assert isinstance(text, CLIPTextModel)
     clip_dir = os.path.join(common.OUT, "clip")
     shutil.rmtree(clip_dir, ignore_errors=True)
@@ -59,7 +61,7 @@ def main():
     pipe.to(torch.float16).save_pretrained(gen_dir, safe_serialization=True)
 
     reports = {}
-    for stage in ("clip", "vae", "unet", "distill"):
+    for stage in ("clip", "clip-position", "vae", "unet", "distill"):
         with open(os.path.join(common.WORK, f"{stage}.done")) as f:
             reports[stage] = json.load(f)
     files = []

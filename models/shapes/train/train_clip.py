@@ -63,7 +63,11 @@ def mirrored(image, row):
         return None
     flip = lambda c: " ".join(SWAPS.get(w, w) for w in c.split())  # noqa: E731
     pixels = image[:, ::-1] if horizontal else image[::-1]
-    return pixels, dict(row, caption=flip(text), negatives=[flip(n) for n in row["negatives"]])
+    relation = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    include = [dict(o, position=[relation[o["position"][0]], o["position"][1]]) if "position" in o else o
+               for o in row["metadata"]["include"]]
+    return pixels, dict(row, caption=flip(text), negatives=[flip(n) for n in row["negatives"]],
+                        metadata=dict(row["metadata"], include=include))
 
 
 def negatives_accuracy(model, tok, images, rows, n=1000):
@@ -85,6 +89,54 @@ def negatives_accuracy(model, tok, images, rows, n=1000):
     return right / n
 
 
+def sample_batch(rng, images, rows, position, others, focus, mirror):
+    """A batch's pictures and rows: uniform, or (focus) a share of position captions, or
+    (mirror) those with mirrored copies in the same batch."""
+    if not focus:
+        idx = sorted(rng.sample(range(len(rows)), BATCH))
+        return images[idx], [rows[i] for i in idx]
+    chosen = rng.sample(position, int(BATCH * FOCUS_SHARE))
+    idx = sorted(chosen + rng.sample(others, BATCH - len(chosen)))
+    batch, pictures = [rows[i] for i in idx], images[idx]
+    if mirror:
+        pairs = [m for m in (mirrored(images[i], rows[i]) for i in chosen[:MIRRORS]) if m]
+        # The mirrors replace the last pictures of the batch (not position ones).
+        keep = [k for k, i in enumerate(idx) if i not in set(chosen)][:BATCH - len(chosen) - len(pairs)]
+        keep = sorted([k for k, i in enumerate(idx) if i in set(chosen)] + keep)
+        pictures = np.concatenate([pictures[keep], np.stack([p for p, _ in pairs])])
+        batch = [batch[k] for k in keep] + [r for _, r in pairs]
+    return pictures, batch
+
+
+def contrastive_loss(model, tok, pictures, batch, rng, relational):
+    """Symmetric in-batch contrastive loss, each picture also against NEGATIVES of its own hard
+    negatives (for position captions, with `relational`, only those that move things). Returns
+    the loss and the normalised picture and caption embeddings."""
+    pixels = common.to_pixels(pictures)
+    captions = [r["caption"] for r in batch]
+    negatives = []
+    for r in batch:
+        pool = r["negatives"] or [r["caption"]]
+        if relational and r["tag"] == "position":
+            pool = relational_negatives(r)
+        negatives += [rng.choice(pool) if len(pool) > NEGATIVES else pool[k % len(pool)]
+                      for k in range(NEGATIVES)]
+    ids = common.tokenize(tok, captions + negatives)
+    img = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+    txt = F.normalize(model.get_text_features(input_ids=ids).pooler_output, dim=-1)
+    cap, neg = txt[:BATCH], txt[BATCH:].view(BATCH, NEGATIVES, -1)
+    scale = model.logit_scale.exp().clamp(max=100)
+    in_batch = scale * img @ cap.T
+    own = scale * torch.einsum("bd,bkd->bk", img, neg)
+    # Another picture's caption that reads the same is right too: leave it out.
+    same = torch.tensor([[a == b for b in captions] for a in captions])
+    in_batch = in_batch.masked_fill(same & ~torch.eye(BATCH, dtype=torch.bool), float("-inf"))
+    labels = torch.arange(BATCH)
+    loss_i = F.cross_entropy(torch.cat([in_batch, own], 1), labels)
+    loss_t = F.cross_entropy(in_batch.T, labels)
+    return (loss_i + loss_t) / 2, img, cap
+
+
 def main():
     common.setup(1)
     tok = common.tokenizer()
@@ -100,50 +152,16 @@ def main():
     position = [i for i, r in enumerate(rows) if r["tag"] == "position"]
     others = [i for i, r in enumerate(rows) if r["tag"] != "position"]
     while step < STEPS:
-        if step < FOCUS_FROM:
-            idx = sorted(rng.sample(range(len(rows)), BATCH))
-        else:
-            focus = rng.sample(position, int(BATCH * FOCUS_SHARE))
-            idx = sorted(focus + rng.sample(others, BATCH - len(focus)))
-        batch = [rows[i] for i in idx]
-        pictures = images[idx]
-        if step >= MIRROR_FROM:
-            pairs = [m for m in (mirrored(images[i], rows[i]) for i in focus[:MIRRORS]) if m]
-            # The mirrors replace the last pictures of the batch (not position ones).
-            keep = [k for k, i in enumerate(idx) if i not in set(focus)][:BATCH - len(focus) - len(pairs)]
-            keep = sorted([k for k, i in enumerate(idx) if i in set(focus)] + keep)
-            pictures = np.concatenate([pictures[keep], np.stack([p for p, _ in pairs])])
-            batch = [batch[k] for k in keep] + [r for _, r in pairs]
-        pixels = common.to_pixels(pictures)
-        captions = [r["caption"] for r in batch]
-        negatives = []
-        for r in batch:
-            pool = r["negatives"] or [r["caption"]]
-            if step >= FOCUS_FROM and r["tag"] == "position":
-                pool = relational_negatives(r)
-            negatives += [rng.choice(pool) if len(pool) > NEGATIVES else pool[k % len(pool)]
-                          for k in range(NEGATIVES)]
-        ids = common.tokenize(tok, captions + negatives)
-        img = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
-        txt = F.normalize(model.get_text_features(input_ids=ids).pooler_output, dim=-1)
-        cap, neg = txt[:BATCH], txt[BATCH:].view(BATCH, NEGATIVES, -1)
-        scale = model.logit_scale.exp().clamp(max=100)
-        in_batch = scale * img @ cap.T
-        own = scale * torch.einsum("bd,bkd->bk", img, neg)
-        # Another picture's caption that reads the same is right too: leave it out.
-        same = torch.tensor([[a == b for b in captions] for a in captions])
-        in_batch = in_batch.masked_fill(same & ~torch.eye(BATCH, dtype=torch.bool), float("-inf"))
-        labels = torch.arange(BATCH)
-        loss_i = F.cross_entropy(torch.cat([in_batch, own], 1), labels)
-        loss_t = F.cross_entropy(in_batch.T, labels)
-        loss = (loss_i + loss_t) / 2
+        pictures, batch = sample_batch(rng, images, rows, position, others,
+                                       step >= FOCUS_FROM, step >= MIRROR_FROM)
+        loss, _, _ = contrastive_loss(model, tok, pictures, batch, rng, step >= FOCUS_FROM)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         step += 1
         if step % 50 == 0:
-            common.log(STAGE, f"step {step} loss {loss.item():.4f} scale {scale.item():.1f}")
+            common.log(STAGE, f"step {step} loss {loss.item():.4f} scale {model.logit_scale.exp().item():.1f}")
         if step % 500 == 0 or step == STEPS:
             common.save_checkpoint(STAGE, step, {"model": model, "opt": opt, "sched": sched})
         if step % 1000 == 0 or step == STEPS:
@@ -156,13 +174,11 @@ def main():
     common.log(STAGE, f"done: hard-negative accuracy {acc:.3f}")
 
 
-def report():
-    """Held-out accuracy per task, and on flipped relations alone, of the trained CLIP."""
-    tok = common.tokenizer()
-    images, rows = common.dataset("val", 2000, 2)
-    model = CLIPModel.from_pretrained(f"{common.WORK}/clip").eval()
-    by_task = {}
-    flips = []
+def task_accuracies(model, tok, images, rows):
+    """Held-out accuracy per task against each picture's hard negatives, and on position
+    captions pairwise against the same caption with the relation flipped or roles swapped."""
+    model.eval()
+    by_task, flips = {}, []
     with torch.no_grad():
         img = torch.cat([model.get_image_features(pixel_values=common.to_pixels(images[s:s + 100])).pooler_output
                          for s in range(0, len(rows), 100)])
@@ -175,11 +191,22 @@ def report():
             if row["tag"] == "position":
                 flipped = [k + 1 for k, n in enumerate(row["negatives"]) if n in relational_negatives(row)]
                 flips += [int(bool(s[0] > s[k])) for k in flipped]
-    for tag, hits in sorted(by_task.items()):
-        print(f"{tag}: {sum(hits) / len(hits):.3f} ({len(hits)} pictures)")
-    print(f"position, relation flipped or roles swapped (pairwise): {sum(flips) / len(flips):.3f} ({len(flips)} pairs)")
+    model.train()
+    tasks = {tag: sum(h) / len(h) for tag, h in sorted(by_task.items())}
+    return tasks, sum(flips) / max(len(flips), 1)
+
+
+def report(folder="clip"):
+    """Prints `task_accuracies` of a trained CLIP (a folder under the work directory)."""
+    tok = common.tokenizer()
+    images, rows = common.dataset("val", 2000, 2)
+    model = CLIPModel.from_pretrained(f"{common.WORK}/{folder}")
+    tasks, flips = task_accuracies(model, tok, images, rows)
+    for tag, acc in tasks.items():
+        print(f"{tag}: {acc:.3f}")
+    print(f"position, relation flipped or roles swapped (pairwise): {flips:.3f}")
 
 
 if __name__ == "__main__":
     import sys
-    report() if sys.argv[1:] == ["report"] else main()
+    report(*sys.argv[2:]) if sys.argv[1:2] == ["report"] else main()

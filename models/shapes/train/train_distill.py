@@ -24,10 +24,11 @@ import common
 from train_unet import empty_text, encoded
 
 STAGE = "distill"
-PAIRS = max(common.scaled(4000), 500)
+PAIRS = max(common.scaled(8000), 500)
+ROUND = min(PAIRS, 4000)  # teacher pairs come in rounds: distinct captions within a round
 TEACHER_STEPS = 12
 GUIDANCES = (1.0, 2.0, 3.5, 5.0)  # tried on the teacher; the judge picks one
-STEPS = common.scaled(500)
+STEPS = common.scaled(2000)
 BATCH = 64
 LR = 2e-4
 DIFFUSION_WEIGHT = 0.25
@@ -103,25 +104,30 @@ def choose_guidance(unet, clip, tok, empty):
 
 
 def teacher_pairs(unet, text, empty, guidance):
-    """(noise, caption index, teacher latents), made in resumable chunks."""
-    path = os.path.join(common.WORK, "distill-pairs.npz")
+    """(noise, caption index, teacher latents), made in resumable chunks of 500. Round r of
+    ROUND pairs draws its captions (without repeats) and noise from seed 4 + r, so raising PAIRS
+    keeps the pairs already made."""
+    path = os.path.join(common.WORK, f"distill-pairs-{PAIRS}.npz")
     if os.path.exists(path):
         d = np.load(path)
         return d["z"], d["idx"], d["x0"]
-    rng = np.random.default_rng(4)
-    idx = rng.choice(len(text), PAIRS, replace=False)
-    z = rng.standard_normal((PAIRS, 4, 16, 16)).astype(np.float32)
-    parts = []
-    for start in range(0, PAIRS, 500):
-        part = os.path.join(common.WORK, f"distill-pairs-{start}.npy")
-        if not os.path.exists(part):
-            ctx = torch.from_numpy(text[idx[start:start + 500]]).float()
-            x0 = teacher_sample(unet, torch.from_numpy(z[start:start + 500]), ctx, empty, guidance)
-            np.save(part + ".tmp.npy", x0.numpy())
-            os.replace(part + ".tmp.npy", part)
-            common.log(STAGE, f"teacher pairs {min(start + 500, PAIRS)}/{PAIRS}")
-        parts.append(np.load(part))
-    x0 = np.concatenate(parts)
+    zs, idxs, parts = [], [], []
+    for r in range(PAIRS // ROUND):
+        rng = np.random.default_rng(4 + r)
+        idx = rng.choice(len(text), ROUND, replace=False)
+        z = rng.standard_normal((ROUND, 4, 16, 16)).astype(np.float32)
+        for start in range(0, ROUND, 500):
+            part = os.path.join(common.WORK, f"distill-pairs-r{r}-{start}.npy")
+            if not os.path.exists(part):
+                ctx = torch.from_numpy(text[idx[start:start + 500]]).float()
+                x0 = teacher_sample(unet, torch.from_numpy(z[start:start + 500]), ctx, empty, guidance)
+                np.save(part + ".tmp.npy", x0.numpy())
+                os.replace(part + ".tmp.npy", part)
+                common.log(STAGE, f"teacher pairs {r * ROUND + min(start + 500, ROUND)}/{PAIRS}")
+            parts.append(np.load(part))
+        zs.append(z)
+        idxs.append(idx)
+    z, idx, x0 = np.concatenate(zs), np.concatenate(idxs), np.concatenate(parts)
     np.savez(path + ".tmp.npz", z=z, idx=idx, x0=x0)
     os.replace(path + ".tmp.npz", path)
     return z, idx, x0
