@@ -146,6 +146,13 @@ fn judge_set_scores_every_task_and_renders_score_one() {
     }
     let overall = json["overall"].as_f64().unwrap();
     assert!((overall - 5.5 / 6.0).abs() < 1e-9, "{overall}");
+    // Renders stay in the world: (almost) every pixel is background or a palette colour.
+    let off_world = json["off_world"].as_f64().unwrap();
+    assert!((0.0..0.01).contains(&off_world), "{off_world}");
+    for task in ["single_object", "position"] {
+        let share = json["tasks"][task]["off_world"].as_f64().unwrap();
+        assert!((0.0..0.01).contains(&share), "{task}: {share}");
+    }
 }
 
 /// The committed suite is what the seeded generator makes.
