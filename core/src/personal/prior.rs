@@ -197,33 +197,13 @@ struct Population {
     coefficients: Param<Tensor<2>>,
 }
 
-impl Population {
-    /// Each pair's score under its person's weights, `f . mean + (f U) . a_i`: `[n]`. (Never
-    /// `[n, input]` rows of weights: the products with `U` are only `[n, rank]`.)
-    fn scores(&self, features: &Tensor<2>, who: &Tensor<1, Int>) -> Tensor<1> {
-        let [n, input] = features.dims();
-        let shared = features
-            .clone()
-            .matmul(self.mean.val().reshape([input, 1]))
-            .reshape([n]);
-        let own = features.clone().matmul(self.factors.val())
-            * self.coefficients.val().select(0, who.clone());
-        shared + own.sum_dim(1).reshape([n])
-    }
-}
-
-/// `who` as an index tensor.
-fn people_index(who: &[usize], device: &Device) -> Tensor<1, Int> {
-    let who: Vec<i64> = who.iter().map(|&u| u as i64).collect();
-    Tensor::<1, Int>::from_data(TensorData::new(who.clone(), [who.len()]), device)
-}
-
 /// The hierarchical MAP over everyone's answers at once: `mean`, `U` and each person's `a_i`
 /// (`a_i ~ N(0, I)`, unit Gaussians on the entries of `U` and `mean` too), from `init`'s mean
-/// and principal directions. Taking the directions from people's heads fitted one by one
-/// (`from_heads`) is noisy: with tens of answers in hundreds of dimensions most of each head
-/// is estimation noise, which the principal directions and their scales inherit; fitted
-/// jointly, the directions are those that explain the answers.
+/// and principal directions.
+/// Taking the directions from people's heads fitted one by one (`from_heads`) is noisy: with
+/// tens of answers in hundreds of dimensions most of each head is estimation noise, which the
+/// principal directions and their scales inherit; fitted jointly, the directions are those
+/// that explain the answers.
 fn joint_fit(
     init: &PriorValues,
     people: usize,
@@ -231,10 +211,12 @@ fn joint_fit(
     who: &[usize],
     device: &Device,
 ) -> Population {
-    let (input, rank) = (init.mean.len(), init.rank);
+    let input = init.mean.len();
+    let rank = init.rank;
     let (fa, fb) = pairs.features(device);
     let y = pairs.targets(device);
-    let who = people_index(who, device);
+    let who: Vec<i64> = who.iter().map(|&u| u as i64).collect();
+    let who = Tensor::<1, Int>::from_data(TensorData::new(who, [pairs.len()]), device);
     let start = Population {
         mean: param(init.mean.clone(), [input], device),
         factors: param(init.factors.clone(), [input, rank], device),
@@ -242,11 +224,17 @@ fn joint_fit(
     };
     let share = pairs.len() as f64 / people as f64;
     adam(start, JOINT_STEPS, JOINT_LR, |p, _| {
+        let weights = p.coefficients.val().matmul(p.factors.val().transpose())
+            + p.mean.val().reshape([1, input]);
+        let rows = weights.select(0, who.clone());
+        let ra = (fa.clone() * rows.clone())
+            .sum_dim(1)
+            .reshape([pairs.len()]);
+        let rb = (fb.clone() * rows).sum_dim(1).reshape([pairs.len()]);
         let penalty = p.coefficients.val().powi_scalar(2).sum()
             + p.factors.val().powi_scalar(2).sum()
             + p.mean.val().powi_scalar(2).sum();
-        bradley_terry_loss(p.scores(&fa, &who), p.scores(&fb, &who), y.clone()) * share
-            + penalty / (2.0 * people as f64)
+        bradley_terry_loss(ra, rb, y.clone()) * share + penalty / (2.0 * people as f64)
     })
 }
 
@@ -257,9 +245,18 @@ async fn held_out_loss(
     who: &[usize],
     device: &Device,
 ) -> Result<f32> {
+    let input = population.mean.val().dims()[0];
+    let weights = population
+        .coefficients
+        .val()
+        .matmul(population.factors.val().transpose())
+        + population.mean.val().reshape([1, input]);
+    let who: Vec<i64> = who.iter().map(|&u| u as i64).collect();
+    let who = Tensor::<1, Int>::from_data(TensorData::new(who, [pairs.len()]), device);
+    let rows = weights.select(0, who);
     let (fa, fb) = pairs.features(device);
-    let who = people_index(who, device);
-    let (ra, rb) = (population.scores(&fa, &who), population.scores(&fb, &who));
+    let ra = (fa * rows.clone()).sum_dim(1).reshape([pairs.len()]);
+    let rb = (fb * rows).sum_dim(1).reshape([pairs.len()]);
     Ok(read_f32(bradley_terry_loss(ra, rb, pairs.targets(device))).await?[0])
 }
 
