@@ -448,37 +448,6 @@ fn bench_reports_every_head_on_simulated_people() {
 }
 
 #[test]
-fn bench_prior_reports_every_head_and_the_chosen_rank() {
-    let out = ok(&[
-        "personalize",
-        "bench-prior",
-        "--users",
-        "1",
-        "--dimension",
-        "16",
-        "--attributes",
-        "8",
-        "--population",
-        "10",
-        "--pairs",
-        "12",
-        "--rank",
-        "2",
-        "--json",
-    ]);
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    // 5 heads x 5/20/50 answers.
-    let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 15);
-    for r in rows {
-        let a = r["accuracy"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&a), "{r}");
-    }
-    let rank = report["rank"].as_u64().unwrap();
-    assert!((1..=2).contains(&rank), "{report}");
-}
-
-#[test]
 fn dtype_f16_generates_and_bad_dtypes_are_named() {
     let dir = temp_dir("f16");
     let out = ok(&[

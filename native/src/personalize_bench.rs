@@ -150,10 +150,7 @@ pub struct BenchPriorArgs {
     /// New people tested.
     #[arg(long, default_value_t = 30)]
     users: usize,
-    /// Embedding dimension (768: CLIP ViT-L/14's).
-    #[arg(long, default_value_t = 768)]
-    dimension: usize,
-    /// The images' underlying attributes.
+    /// The images' underlying attributes (the embedding is 768-dimensional).
     #[arg(long, default_value_t = 16)]
     attributes: usize,
     /// People in the population, and random pairs each answered.
@@ -173,7 +170,6 @@ pub struct BenchPriorArgs {
 pub fn bench_prior(args: &BenchPriorArgs) -> Result<()> {
     let config = PriorBenchConfig {
         users: args.users,
-        dimension: args.dimension,
         attributes: args.attributes,
         population: args.population,
         population_pairs: args.pairs,
