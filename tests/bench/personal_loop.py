@@ -92,7 +92,7 @@ def pictures(args, folder, prompt, seeds, extra=()):
         f.write(json.dumps({"prompt": prompt, "seeds": seeds}) + "\n")
     command = list(extra) if extra else ["generate"]
     run(args, *command, "--prompts", prompts, "--out-dir", folder)
-    return [os.path.join(folder, f"00001-{s}.png") for s in seeds]
+    return [os.path.join(folder, f"00000-{s}.png") for s in seeds]
 
 
 def judged(args, prompt, paths, cache):
@@ -145,8 +145,6 @@ def main():
     ap.add_argument("--tastebud", default=os.path.join(os.environ.get(
         "CARGO_TARGET_DIR", os.path.join(REPO, "target")), "debug", "tastebud"))
     args = ap.parse_args()
-    if not os.path.exists(args.tastebud):
-        ap.error(f"no tastebud binary at {args.tastebud}: cargo build --bin tastebud, or --tastebud")
     counts = [int(n) for n in args.answers.split(",")]
     selections = args.selections.split(",")
     os.makedirs(args.out, exist_ok=True)
