@@ -15,7 +15,6 @@ use tastebud_core::personal::fit::{
     FitConfig, HeadSettings, Pairs, PretrainConfig, fit_head, fit_linear, pretrain,
 };
 use tastebud_core::personal::heads::features;
-use tastebud_core::personal::prior_bench::{PriorBenchConfig, prior_bench};
 use tastebud_core::personal::store::{Limits, PreferenceStore};
 use tastebud_core::personal::{HeadConfig, HeadKind, HeadModel, PersonalHead, unit_rows};
 use tastebud_core::{Error, ModelFiles};
@@ -343,48 +342,6 @@ fn linear_laplace_bald_matches_torch() {
     assert!(
         err.to_string().contains("no uncertainty to ask by"),
         "{err}"
-    );
-}
-
-/// The population prior recovers tastes a population shares: on people who each mix one or two
-/// of four hidden directions, the rank chosen on held-out answers is the number of directions,
-/// and a new person's head on the prior after 20 random answers is close to an oracle that knows
-/// the directions, and well ahead of the prior taken from people's heads fitted one by one.
-#[test]
-fn population_prior_recovers_shared_tastes() {
-    let config = PriorBenchConfig {
-        dimension: 128,
-        attributes: 64,
-        tastes: 4,
-        population: 80,
-        population_pairs: 30,
-        users: 8,
-        answered: vec![20],
-        rank: 8,
-        ..PriorBenchConfig::default()
-    };
-    let report = block_on(prior_bench(&config, &device(), &mut |_| {})).unwrap();
-    let accuracy = |head: &str| {
-        report
-            .rows
-            .iter()
-            .find(|r| r.head == head)
-            .map(|r| r.accuracy)
-            .unwrap()
-    };
-    eprintln!("rank {} rows {:?}", report.rank, report.rows);
-    assert_eq!(report.rank, 4, "{report:?}");
-    assert!(
-        accuracy("linear+prior") > accuracy("oracle") - 0.04,
-        "{report:?}"
-    );
-    assert!(
-        accuracy("linear+prior") > accuracy("linear+prior-one-by-one") + 0.02,
-        "{report:?}"
-    );
-    assert!(
-        accuracy("linear+prior") > accuracy("linear") + 0.1,
-        "{report:?}"
     );
 }
 

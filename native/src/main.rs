@@ -4,7 +4,6 @@ mod batch;
 mod generate;
 mod optimize;
 mod personalize;
-mod personalize_bench;
 mod score;
 mod shapes;
 mod shipped;

@@ -18,6 +18,7 @@ use tastebud_core::personal::active::choose_next;
 use tastebud_core::personal::fit::{
     FitConfig, HeadSettings, Pairs, PretrainConfig, fit_head, pretrain,
 };
+use tastebud_core::personal::simulate::{self, BenchConfig, World};
 use tastebud_core::personal::store::{Candidate, Choice, Limits, Preference, PreferenceStore};
 use tastebud_core::personal::{HEAD_CONFIG, HEAD_WEIGHTS, HeadKind, PersonalHead};
 use tastebud_core::preprocess::decode_image;
@@ -27,7 +28,6 @@ use tastebud_core::rewards::{self, RewardKind};
 use tastebud_core::{ComputeDevice, ModelFiles};
 
 use crate::DeviceArgs;
-use crate::personalize_bench::{self, BenchArgs, BenchPriorArgs};
 use crate::write_atomic;
 
 #[derive(Subcommand)]
@@ -53,8 +53,6 @@ pub enum PersonalizeCommand {
     Rank(RankArgs),
     /// Heads on simulated people: held-out accuracy after 5/10/20/25/50 answers, random vs active.
     Bench(BenchArgs),
-    /// The population prior against an oracle that knows the population's hidden tastes.
-    BenchPrior(BenchPriorArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -221,6 +219,29 @@ pub struct RankArgs {
     images: Vec<PathBuf>,
 }
 
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Test people per kind of utility.
+    #[arg(long, default_value_t = 10)]
+    users: usize,
+    /// Embedding dimension (768: CLIP ViT-L/14's).
+    #[arg(long, default_value_t = 768)]
+    dimension: usize,
+    /// People in the pretraining population.
+    #[arg(long, default_value_t = 240)]
+    population: usize,
+    /// PAL's prototypes.
+    #[arg(long, default_value_t = 4)]
+    prototypes: usize,
+    /// VPL's latent size.
+    #[arg(long, default_value_t = 8)]
+    latent: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
 pub fn run(command: &PersonalizeCommand) -> Result<()> {
     match command {
         PersonalizeCommand::Record(args) => record(args),
@@ -229,13 +250,12 @@ pub fn run(command: &PersonalizeCommand) -> Result<()> {
         PersonalizeCommand::Fit(args) => fit(args),
         PersonalizeCommand::Next(args) => next(args),
         PersonalizeCommand::Rank(args) => rank(args),
-        PersonalizeCommand::Bench(args) => personalize_bench::bench(args),
-        PersonalizeCommand::BenchPrior(args) => personalize_bench::bench_prior(args),
+        PersonalizeCommand::Bench(args) => bench(args),
     }
 }
 
 /// Heads are small: they train and score on the CPU backend.
-pub(crate) fn head_device() -> Device {
+fn head_device() -> Device {
     ComputeDevice::cpu().device.autodiff()
 }
 
@@ -600,6 +620,115 @@ fn rank(args: &RankArgs) -> Result<()> {
         for (rank, &i) in order.iter().enumerate() {
             println!("{:>3}  {:>10.4}  {}", rank + 1, scores[i], candidates[i].0);
         }
+    }
+    Ok(())
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    let config = BenchConfig {
+        users: args.users,
+        dimension: args.dimension,
+        population: args.population,
+        seed: args.seed,
+        pretrain: PretrainConfig {
+            prototypes: args.prototypes,
+            latent: args.latent,
+            ..PretrainConfig::default()
+        },
+        ..BenchConfig::default()
+    };
+    let device = head_device();
+    let started = Instant::now();
+    let rows = pollster::block_on(simulate::bench(&config, &device, &mut |what| {
+        eprintln!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
+    }))?;
+    // Fit time for ~100 pairs, per head, on this machine.
+    let world = World::new(
+        config.dimension,
+        config.attributes,
+        config.tastes,
+        args.seed,
+    );
+    let one = simulate::population(&world, 1, 100, config.noise, args.seed + 9);
+    let pairs = Pairs::from_store(&one, false)?;
+    let population = simulate::population(&world, 60, 40, config.noise, args.seed + 10);
+    let population = Pairs::from_store(&population, false)?;
+    let mut fit_ms = vec![];
+    for (name, kind, on_base) in [
+        ("linear", HeadKind::Linear, false),
+        ("linear+prior", HeadKind::Linear, true),
+        ("mlp", HeadKind::Mlp, false),
+        ("pal", HeadKind::Pal, true),
+        ("vpl", HeadKind::Vpl, true),
+    ] {
+        let base = match on_base {
+            true => Some(pollster::block_on(pretrain(
+                kind,
+                &population,
+                &PretrainConfig {
+                    steps: 20,
+                    ..config.pretrain.clone()
+                },
+                &device,
+            ))?),
+            false => None,
+        };
+        let started = Instant::now();
+        pollster::block_on(fit_head(
+            &HeadSettings {
+                fit: config.fit.clone(),
+                ..HeadSettings::new(kind)
+            },
+            base,
+            &pairs,
+            &device,
+        ))?;
+        fit_ms.push((name, started.elapsed().as_secs_f64() * 1e3));
+    }
+    if args.json {
+        let out = json!({"config": config, "rows": rows, "fit_100_pairs_ms": fit_ms.iter()
+            .map(|(k, ms)| (k.to_string(), json!(ms))).collect::<serde_json::Map<_, _>>(),
+            "seconds": started.elapsed().as_secs_f64()});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "| people | head | pairs | {} |",
+        config
+            .answered
+            .iter()
+            .map(|n| format!("{n} answered"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|---|---|---|{}", "---|".repeat(config.answered.len()));
+    let mut keys: Vec<_> = rows.iter().map(|r| (r.kind, r.head, r.selection)).collect();
+    keys.dedup();
+    for (kind, head, selection) in keys {
+        let cells: Vec<String> = config
+            .answered
+            .iter()
+            .map(|&n| {
+                rows.iter()
+                    .find(|r| {
+                        r.kind == kind
+                            && r.head == head
+                            && r.selection == selection
+                            && r.answered == n
+                    })
+                    .map_or("-".into(), |r| format!("{:.1}%", 100.0 * r.accuracy))
+            })
+            .collect();
+        println!(
+            "| {} | {} | {selection} | {} |",
+            kind.name(),
+            head,
+            cells.join(" | ")
+        );
+    }
+    println!();
+    for (name, ms) in fit_ms {
+        println!("fit {name} on 100 pairs: {ms:.0} ms");
     }
     Ok(())
 }

@@ -8,8 +8,7 @@ core/src/personal fitted in PyTorch exactly as Tastebud fits it, from the same s
   PyTorch run starts where Tastebud's does; Adam is torch's (burn's with epsilon 1e-8).
 - linear / linear_ctx: person 0's linear head (zero start; with and without the prompt).
 - linear_prior: the population prior over linear heads (each person's linear head; mean, rank-1
-  principal directions, residual scale; mean and directions then refitted jointly on everyone's
-  answers), linear_prior_user: person 1's MAP head under it.
+  principal directions, residual scale), linear_prior_user: person 1's MAP head under it.
 - mlp: person 0's MLP head (hidden 6, seed 3).
 - pal_base: PAL pretrained on all three people (K 2, d' 4, hidden 6), then pal_user: person 1's
   mixture fitted on it.
@@ -249,8 +248,6 @@ def main():
                              "kl_weight": 0.01, "rank": 1, "seed": 5},
                 # What a linear prior fits each population person with (`personalize fit`'s defaults).
                 "prior_fit": {"steps": 200, "lr": 0.05, "l2": 1e-3},
-                # prior.rs's JOINT_STEPS and JOINT_LR.
-                "prior_joint": {"steps": 300, "lr": 0.02},
                 "bald": {"samples": 16, "seed": 7}}
     fit, pre = settings["fit"], settings["pretrain"]
     out = {"probes": probes, "probe_prompt": probe_prompt[0]}
@@ -312,24 +309,7 @@ def main():
     factors = (directions[:r].T * spread[:r] / math.sqrt(len(heads))).float()
     residual = centred - centred @ directions[:r].T @ directions[:r]
     scale = torch.tensor([math.sqrt(float((residual ** 2).mean()))])
-    # The mean and directions refitted jointly on everyone's answers (prior.rs's `joint_fit`):
-    # w_i = mean + U a_i, Adam on (mean, U, a) from there; BT summed per person, a, U and the
-    # mean unit Gaussian. (With rank 1 asked for, there is no rank to choose.)
-    everyone = Pairs(records)
-    ea, eb = everyone.phi()
-    mean = mean.float().clone().requires_grad_(True)
-    factors = factors.clone().requires_grad_(True)
-    coefficients = torch.zeros(len(heads), r, requires_grad=True)
-    share = len(everyone.y) / len(heads)
-
-    def joint(_):
-        rows = (coefficients @ factors.T + mean)[everyone.users]
-        penalty = (coefficients ** 2).sum() + (factors ** 2).sum() + (mean ** 2).sum()
-        return bt_loss((ea * rows).sum(1), (eb * rows).sum(1), everyone.y) * share + penalty / (2 * len(heads))
-
-    pj = settings["prior_joint"]
-    adam([mean, factors, coefficients], pj["steps"], pj["lr"], joint)
-    mean, factors = mean.detach(), factors.detach()
+    mean = mean.float()
     out["linear_prior.weight"] = mean[None]
     out["linear_prior.factors_outer"] = factors @ factors.T
     out["linear_prior.scale"] = scale

@@ -1,15 +1,7 @@
-//! A population prior for linear heads (empirical Bayes): a Gaussian over a new person's weights,
-//! `w ~ N(mean, U U^T + scale^2 I)`, learned from a population's answers.
-//!
-//! Made in two passes ([`pretrain_linear`]): people's linear heads fitted one by one give a first
-//! prior (their mean, their top principal directions scaled by their spread, the remaining
-//! variance per dimension as `scale^2`); then the mean and directions are refitted jointly on
-//! everyone's answers, each person `w_i = mean + U a_i` ([`joint_fit`]), at the rank that best
-//! predicts held-out answers. The first pass alone recovers shared tastes poorly: with tens of
-//! answers in hundreds of dimensions most of each person's head is estimation noise, and the
-//! principal directions, their scales and the rank all inherit it (`tastebud personalize
-//! bench-prior`: 8.5 points short of an oracle that knows the hidden tastes, against 3 after the
-//! joint fit; BENCHMARKS.md).
+//! A population prior for linear heads (empirical Bayes). People's linear heads, fitted one by
+//! one on a population's answers, give a Gaussian over a new person's weights:
+//! `w ~ N(mean, U U^T + scale^2 I)`, with `mean` their average, `U` their top `rank` principal
+//! directions scaled by their spread, and `scale^2` the remaining variance per dimension.
 //!
 //! A person's head is then the MAP under that prior instead of under an isotropic L2: written
 //! `w = mean + U a + scale b` with `a, b ~ N(0, I)`, the joint MAP over `(a, b)` is the MAP over
@@ -20,7 +12,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 
 use super::fit::{FitConfig, MIN_PAIRS, Pairs, adam, bradley_terry_loss, fit_linear};
 use super::heads::{LinearHead, LinearPrior, param};
@@ -158,23 +150,15 @@ impl PriorValues {
     }
 }
 
-/// Candidate ranks and the share of each person's answers held out to choose among them.
-const RANKS: [usize; 6] = [1, 2, 4, 8, 16, 32];
-const HELD_OUT: f64 = 0.2;
-/// The joint fit's full-batch Adam.
-const JOINT_STEPS: usize = 300;
-const JOINT_LR: f64 = 0.02;
-
-/// Each person's linear head fitted alone with `fit`, for the people of `pairs` (renumbered
-/// `0..`; people with fewer than [`MIN_PAIRS`] answers or only ties are left out): their
-/// weights, and each pair's person (`None`: left out).
-pub async fn person_heads(
+/// A linear prior of `rank` from a population's pairs (`user` set per record): each person's
+/// linear head fitted with `fit` (people with fewer than [`MIN_PAIRS`] answers are left out).
+pub async fn pretrain_linear(
     pairs: &Pairs,
+    rank: usize,
     fit: &FitConfig,
     device: &Device,
-) -> Result<(Vec<Vec<f32>>, Vec<Option<usize>>)> {
+) -> Result<LinearHead> {
     let mut heads = vec![];
-    let mut person = vec![None; pairs.len()];
     for user in 0..pairs.user_names.len() {
         let mine: Vec<usize> = (0..pairs.len())
             .filter(|&i| pairs.users[i] == user)
@@ -183,152 +167,9 @@ pub async fn person_heads(
         if mine.len() < MIN_PAIRS || theirs.target.iter().all(|&t| t == 0.5) {
             continue;
         }
-        mine.iter().for_each(|&i| person[i] = Some(heads.len()));
         heads.push(read_f32(fit_linear(&theirs, fit, device)?.linear.weight.val()).await?);
     }
-    Ok((heads, person))
-}
-
-/// A population's prior in the form a joint fit moves: `w_i = mean + U a_i` per person.
-#[derive(Module, Debug)]
-struct Population {
-    mean: Param<Tensor<1>>,
-    factors: Param<Tensor<2>>,
-    coefficients: Param<Tensor<2>>,
-}
-
-/// The hierarchical MAP over everyone's answers at once: `mean`, `U` and each person's `a_i`
-/// (`a_i ~ N(0, I)`, unit Gaussians on the entries of `U` and `mean` too), from `init`'s mean
-/// and principal directions.
-/// Taking the directions from people's heads fitted one by one (`from_heads`) is noisy: with
-/// tens of answers in hundreds of dimensions most of each head is estimation noise, which the
-/// principal directions and their scales inherit; fitted jointly, the directions are those
-/// that explain the answers.
-fn joint_fit(
-    init: &PriorValues,
-    people: usize,
-    pairs: &Pairs,
-    who: &[usize],
-    device: &Device,
-) -> Population {
-    let input = init.mean.len();
-    let rank = init.rank;
-    let (fa, fb) = pairs.features(device);
-    let y = pairs.targets(device);
-    let who: Vec<i64> = who.iter().map(|&u| u as i64).collect();
-    let who = Tensor::<1, Int>::from_data(TensorData::new(who, [pairs.len()]), device);
-    let start = Population {
-        mean: param(init.mean.clone(), [input], device),
-        factors: param(init.factors.clone(), [input, rank], device),
-        coefficients: param(vec![0.0; people * rank], [people, rank], device),
-    };
-    let share = pairs.len() as f64 / people as f64;
-    adam(start, JOINT_STEPS, JOINT_LR, |p, _| {
-        let weights = p.coefficients.val().matmul(p.factors.val().transpose())
-            + p.mean.val().reshape([1, input]);
-        let rows = weights.select(0, who.clone());
-        let ra = (fa.clone() * rows.clone())
-            .sum_dim(1)
-            .reshape([pairs.len()]);
-        let rb = (fb.clone() * rows).sum_dim(1).reshape([pairs.len()]);
-        let penalty = p.coefficients.val().powi_scalar(2).sum()
-            + p.factors.val().powi_scalar(2).sum()
-            + p.mean.val().powi_scalar(2).sum();
-        bradley_terry_loss(ra, rb, y.clone()) * share + penalty / (2.0 * people as f64)
-    })
-}
-
-/// Mean Bradley-Terry loss of `pairs` under the people's weights of `population`.
-async fn held_out_loss(
-    population: &Population,
-    pairs: &Pairs,
-    who: &[usize],
-    device: &Device,
-) -> Result<f32> {
-    let input = population.mean.val().dims()[0];
-    let weights = population
-        .coefficients
-        .val()
-        .matmul(population.factors.val().transpose())
-        + population.mean.val().reshape([1, input]);
-    let who: Vec<i64> = who.iter().map(|&u| u as i64).collect();
-    let who = Tensor::<1, Int>::from_data(TensorData::new(who, [pairs.len()]), device);
-    let rows = weights.select(0, who);
-    let (fa, fb) = pairs.features(device);
-    let ra = (fa * rows.clone()).sum_dim(1).reshape([pairs.len()]);
-    let rb = (fb * rows).sum_dim(1).reshape([pairs.len()]);
-    Ok(read_f32(bradley_terry_loss(ra, rb, pairs.targets(device))).await?[0])
-}
-
-/// A linear prior of up to `max_rank` from a population's pairs (`user` set per record).
-/// Each person's head fitted alone gives a first prior (mean, principal directions, residual
-/// scale); its mean and directions are then refitted jointly on everyone's answers
-/// ([`joint_fit`]). The rank is the one among [`RANKS`] (up to `max_rank`) whose joint fit
-/// best predicts the last fifth of each person's answers, refitted on all of them; with too
-/// few answers to hold any out, `max_rank`.
-pub async fn pretrain_linear(
-    pairs: &Pairs,
-    max_rank: usize,
-    fit: &FitConfig,
-    device: &Device,
-) -> Result<LinearHead> {
-    let (heads, person) = person_heads(pairs, fit, device).await?;
-    // The last answers of each person with enough of them are held out.
-    let mut seen = vec![0usize; heads.len()];
-    let counts = person
-        .iter()
-        .flatten()
-        .fold(vec![0usize; heads.len()], |mut c, &p| {
-            c[p] += 1;
-            c
-        });
-    let (mut train, mut held) = (vec![], vec![]);
-    for (i, p) in person.iter().enumerate() {
-        let Some(p) = *p else { continue };
-        seen[p] += 1;
-        let keep = counts[p] - (counts[p] as f64 * HELD_OUT).floor() as usize;
-        if seen[p] > keep.max(MIN_PAIRS) {
-            held.push(i)
-        } else {
-            train.push(i)
-        }
-    }
-    let who = |rows: &[usize]| -> Vec<usize> { rows.iter().filter_map(|&i| person[i]).collect() };
-    let mut candidates: Vec<usize> = RANKS.iter().copied().filter(|&r| r < max_rank).collect();
-    candidates.push(max_rank);
-    let mut rank = max_rank;
-    if !held.is_empty() && candidates.len() > 1 {
-        let (train_pairs, held_pairs) = (pairs.select(&train), pairs.select(&held));
-        let (train_heads, _) = person_heads(&train_pairs, fit, device).await?;
-        let mut best = f32::INFINITY;
-        for &r in &candidates {
-            if train_heads.len() != heads.len() {
-                break; // someone's training answers are all ties: choose on all answers' heads
-            }
-            let init = PriorValues::from_heads(&train_heads, r)?;
-            let population = joint_fit(&init, heads.len(), &train_pairs, &who(&train), device);
-            let loss = held_out_loss(&population, &held_pairs, &who(&held), device).await?;
-            if loss < best {
-                (best, rank) = (loss, init.rank);
-            }
-        }
-    }
-    let people: Vec<usize> = (0..pairs.len()).filter(|&i| person[i].is_some()).collect();
-    let init = PriorValues::from_heads(&heads, rank)?;
-    let population = joint_fit(
-        &init,
-        heads.len(),
-        &pairs.select(&people),
-        &who(&people),
-        device,
-    );
-    Ok(PriorValues {
-        mean: read_f32(population.mean.val()).await?,
-        factors: read_f32(population.factors.val()).await?,
-        rank: init.rank,
-        scale: init.scale,
-    }
-    .into_head(device))
+    Ok(PriorValues::from_heads(&heads, rank)?.into_head(device))
 }
 
 /// The coefficients a person's fit moves: `w = mean + U a + scale b`.
