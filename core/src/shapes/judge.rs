@@ -399,7 +399,7 @@ mod tests {
         }
     }
 
-    /// Noise is not a picture of anything: whatever runs of palette colour it has fit no shape.
+    /// Renders are (almost) all background and palette colour; noise is mostly neither.
     #[test]
     fn renders_stay_in_the_world_and_noise_does_not() {
         let world = World::builtin().unwrap();
@@ -421,6 +421,7 @@ mod tests {
         assert!(off_world_share(&world, "small", &noise[..48], 4, 4).is_err());
     }
 
+    /// Noise is not a picture of anything: whatever runs of palette colour it has fit no shape.
     #[test]
     fn noise_holds_no_shapes() {
         let world = World::builtin().unwrap();
