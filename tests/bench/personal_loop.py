@@ -8,15 +8,20 @@ pictures improved, and the judge's prompt score (steering must not break the pro
 
     python tests/bench/personal_loop.py --out /tmp/loop                     # 4 people per kind
     python tests/bench/personal_loop.py --out /tmp/loop --people 1 --answers 5 --test-seeds 1  # smoke
+    python tests/bench/personal_loop.py --out /tmp/loop --grid models/shapes/examples/grid.png  # + the grid
 
 People (all read the judge's objects: colour, size, centre):
 - warm (linear): likes warm colours (red > orange > yellow; blue and purple least);
+- cool (linear): the opposite: likes blue and purple, red least;
 - large (linear): likes large objects;
 - left (linear): likes things on the left;
-- mix (linear): a random signed mix of the three above;
+- mix (linear): a random signed mix of warmth, size and leftness;
 - two-styles (non-linear): likes large blue things or small red ones, nothing in between.
 A picture in which the judge finds nothing is worth the least (a broken picture). Answers are
 Bradley-Terry with a temperature of 0.1 x the spread of the person's utility over the pool.
+
+--grid draws prompts x {plain, ReNO with the CLIP reward, each of the first two kinds' first
+person steering with their head (most answers, last selection) and the CLIP reward}, one seed.
 
 Needs the `tastebud` binary (`cargo build --bin tastebud`, or pass --tastebud). Every step
 writes into --out and is skipped when its output exists, so a stopped run resumes.
@@ -33,8 +38,8 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLIP = os.path.join(REPO, "models", "shapes", "clip")
-KINDS = ["warm", "large", "left", "mix", "two-styles"]
-LINEAR = {"warm", "large", "left", "mix"}
+KINDS = ["warm", "cool", "large", "left", "mix", "two-styles"]
+LINEAR = {"warm", "cool", "large", "left", "mix"}
 # Prompts that leave colour, size and place free: a taste has room to show.
 PROMPTS = ["a circle", "a square", "a triangle", "two circles"]
 WARMTH = {"red": 1.0, "orange": 0.7, "yellow": 0.4, "green": -0.3, "blue": -1.0, "purple": -0.7}
@@ -65,7 +70,8 @@ class Person:
         if kind == "mix":
             self.weights = [rng.choice([-1, 1]) * rng.uniform(0.3, 1.0) for _ in range(3)]
         else:
-            self.weights = {"warm": [1, 0, 0], "large": [0, 1, 0], "left": [0, 0, 1]}.get(kind)
+            self.weights = {"warm": [1, 0, 0], "cool": [-1, 0, 0], "large": [0, 1, 0],
+                            "left": [0, 0, 1]}.get(kind)
         self.temperature = 1.0
 
     def utility(self, objects):
@@ -142,6 +148,8 @@ def main():
     ap.add_argument("--test-seeds", type=int, default=2, help="seeds steered per person and count")
     ap.add_argument("--iters", default="10")
     ap.add_argument("--lr", default="2")
+    ap.add_argument("--grid", help="also draw the picture grid into this PNG")
+    ap.add_argument("--grid-seed", type=int, default=300)
     ap.add_argument("--tastebud", default=os.path.join(os.environ.get(
         "CARGO_TARGET_DIR", os.path.join(REPO, "target")), "debug", "tastebud"))
     args = ap.parse_args()
@@ -202,6 +210,35 @@ def main():
     with open(os.path.join(args.out, "rows.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     report(rows, counts, selections)
+    if args.grid:
+        kinds = [k for k in KINDS if k in args.kinds.split(",")][:2]
+        people = [(f"{k} person", os.path.join(args.out, f"{k}-0", selections[-1], f"head-{max(counts)}"))
+                  for k in kinds]
+        grid(args, people)
+
+
+def grid(args, people):
+    """Prompts x {plain, ReNO (CLIP), each person's steering + CLIP}: one seed, labelled, 2x."""
+    from PIL import Image, ImageDraw
+    steer = ["optimize", "--iters", args.iters, "--lr", args.lr]
+    columns = [("plain", []), (f"ReNO-{args.iters} (CLIP)", steer + ["--reward", f"clip={CLIP}"])]
+    columns += [(label, steer + ["--reward", f"personal={head},{CLIP}", "--reward", f"clip={CLIP}"])
+                for label, head in people]
+    cell, margin, top = 128, 150, 24
+    sheet = Image.new("RGB", (margin + cell * len(columns), top + cell * len(PROMPTS)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, (label, _) in enumerate(columns):
+        draw.text((margin + c * cell + 4, 6), label, fill="black")
+    for r, prompt in enumerate(PROMPTS):
+        draw.text((4, top + r * cell + cell // 2 - 6), prompt, fill="black")
+        for c, (label, command) in enumerate(columns):
+            folder = os.path.join(args.out, "grid", label.replace(" ", "-"), prompt.replace(" ", "-"))
+            [path] = pictures(args, folder, prompt, [args.grid_seed], command)
+            picture = Image.open(path).convert("RGB").resize((cell, cell), Image.NEAREST)
+            sheet.paste(picture, (margin + c * cell, top + r * cell))
+    sheet.save(args.grid + ".tmp.png")
+    os.replace(args.grid + ".tmp.png", args.grid)
+    print(f"grid: {args.grid}", file=sys.stderr)
 
 
 def report(rows, counts, selections):
