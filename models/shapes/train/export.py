@@ -1,8 +1,9 @@
 """Stage 5: the shipped models, as unmodified Hugging Face layouts in f16 safetensors.
 
 - models/shapes/generator/: a diffusers StableDiffusionPipeline snapshot (the distilled UNet,
-  the VAE, stage 1's CLIP text tower as `text_encoder/` (the states the UNet learned from), the
-  world's tokenizer, Euler with trailing timesteps), saved by diffusers' and transformers' own
+  the VAE, stage 1b's CLIP text tower as `text_encoder/` (the states the UNet of stage 3b learnt
+  from; the reward's own), the world's tokenizer, Euler with trailing timesteps), saved by
+  diffusers' and transformers' own
   `save_pretrained`.
 - models/shapes/clip/: the reward: stage 1b's CLIP (taught where things are) as a transformers
   CLIPModel folder.
@@ -42,7 +43,7 @@ def main():
         tokenizer=tok)
 
     # transformers 5's CLIPModel holds its text tower as a CLIPTextModel: the generator's encoder.
-    text = copy.deepcopy(CLIPModel.from_pretrained(f"{common.WORK}/clip").text_model)
+    text = copy.deepcopy(CLIPModel.from_pretrained(f"{common.WORK}/clip-reward").text_model)
     assert isinstance(text, CLIPTextModel)
     clip_dir = os.path.join(common.OUT, "clip")
     shutil.rmtree(clip_dir, ignore_errors=True)
@@ -61,7 +62,7 @@ def main():
     pipe.to(torch.float16).save_pretrained(gen_dir, safe_serialization=True)
 
     reports = {}
-    for stage in ("clip", "clip-position", "vae", "unet", "distill"):
+    for stage in ("clip", "clip-position", "vae", "unet", "unet-1b", "distill"):
         with open(os.path.join(common.WORK, f"{stage}.done")) as f:
             reports[stage] = json.load(f)
     files = []

@@ -10,8 +10,8 @@ towers must then put "which one is left" along the same directions, so the contr
 (focused on position captions with their flipped relations as negatives, with mirrored copies)
 can use it.
 
-The generator keeps stage 1's text tower (its UNet was trained on those states); this stage's
-model is the shipped reward, saved as `clip-reward/`.
+The generator first kept stage 1's text tower (stage 3's UNet was trained on those states;
+stage 3b moves it to this one); this stage's model is the shipped reward, saved as `clip-reward/`.
 """
 
 import random

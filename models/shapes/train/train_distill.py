@@ -1,6 +1,6 @@
 """Stage 4: distil the diffusion UNet to one step.
 
-The teacher (stage 3) samples pictures with classifier-free guidance (the scale the judge
+The teacher (stage 3b, on stage 1b's text states) samples pictures with classifier-free guidance (the scale the judge
 scores best on its pictures of the evaluation suite) in 12 Euler steps from
 noise z; the student (initialised from the teacher) learns to land on the teacher's result in
 one step, and from every point the pipeline's 2-4 step trailing schedules visit on the straight
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
 from PIL import Image
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import CLIPModel
 
 import common
@@ -28,10 +29,19 @@ PAIRS = max(common.scaled(8000), 500)
 ROUND = min(PAIRS, 4000)  # teacher pairs come in rounds: distinct captions within a round
 TEACHER_STEPS = 12
 GUIDANCES = (1.0, 2.0, 3.5, 5.0)  # tried on the teacher; the judge picks one
-STEPS = common.scaled(2000)
+STEPS = common.scaled(int(os.environ.get("SHAPES_DISTILL_STEPS", "2000")))
 BATCH = 64
 LR = 2e-4
 DIFFUSION_WEIGHT = 0.25
+EMA_DECAY = 0.999  # the student shipped is the weights' moving average
+TEACHER = f"{common.WORK}/unet-teacher-1b"
+TEXT_CLIP = f"{common.WORK}/clip-reward"  # whose text tower the teacher learnt from
+# The student starts from the teacher unless the run names another UNet on the same text states
+# (the committed run started from an earlier student; README.md), and the teacher pairs' noise
+# and captions come from seeds PAIR_SEED + round (a warm-started student gets pairs it has not
+# seen).
+START = os.environ.get("SHAPES_DISTILL_START", TEACHER)
+PAIR_SEED = int(os.environ.get("SHAPES_PAIR_SEED", "4"))
 # Every timestep of the pipeline's 1-4 step trailing schedules.
 TIMESTEPS = [999, 749, 666, 499, 333, 249]
 
@@ -105,7 +115,7 @@ def choose_guidance(unet, clip, tok, empty):
 
 def teacher_pairs(unet, text, empty, guidance):
     """(noise, caption index, teacher latents), made in resumable chunks of 500. Round r of
-    ROUND pairs draws its captions (without repeats) and noise from seed 4 + r, so raising PAIRS
+    ROUND pairs draws its captions (without repeats) and noise from seed PAIR_SEED + r, so raising PAIRS
     keeps the pairs already made."""
     path = os.path.join(common.WORK, f"distill-pairs-{PAIRS}.npz")
     if os.path.exists(path):
@@ -113,7 +123,7 @@ def teacher_pairs(unet, text, empty, guidance):
         return d["z"], d["idx"], d["x0"]
     zs, idxs, parts = [], [], []
     for r in range(PAIRS // ROUND):
-        rng = np.random.default_rng(4 + r)
+        rng = np.random.default_rng(PAIR_SEED + r)
         idx = rng.choice(len(text), ROUND, replace=False)
         z = rng.standard_normal((ROUND, 4, 16, 16)).astype(np.float32)
         for start in range(0, ROUND, 500):
@@ -139,19 +149,21 @@ def main():
         return
     tok = common.tokenizer()
     images, rows = common.dataset("train", 60000, 1)
-    clip = CLIPModel.from_pretrained(f"{common.WORK}/clip").eval()
-    latents, text = encoded("train", images, rows, None, clip, tok)
+    clip = CLIPModel.from_pretrained(TEXT_CLIP).eval()
+    latents, text = encoded("train-clip-reward", images, rows, None, clip, tok)
     empty = empty_text(clip, tok)
-    teacher = UNet2DConditionModel.from_pretrained(f"{common.WORK}/unet-teacher").eval()
+    teacher = UNet2DConditionModel.from_pretrained(TEACHER).eval()
     choice = choose_guidance(teacher, clip, tok, empty)
     z, pair_idx, x0_teacher = teacher_pairs(teacher, text, empty, choice["guidance"])
-    student = UNet2DConditionModel.from_pretrained(f"{common.WORK}/unet-teacher").train()
+    student = UNet2DConditionModel.from_pretrained(START).train()
     sig = sigmas()
     alphas = DDPMScheduler(**{k: v for k, v in common.TURBO_SCHEDULER.items()
                               if k not in ("timestep_spacing", "steps_offset")}).alphas_cumprod
+    ema = AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY))
     opt = torch.optim.AdamW(student.parameters(), lr=LR, weight_decay=0.01)
     sched = common.schedule(opt, STEPS, 0.03)
-    step, _ = common.load_checkpoint(STAGE, {"model": student, "opt": opt, "sched": sched})
+    modules = {"model": student, "ema": ema, "opt": opt, "sched": sched}
+    step, _ = common.load_checkpoint(STAGE, modules)
     rng = random.Random(step)
     while step < STEPS:
         b = sorted(rng.sample(range(PAIRS), BATCH))
@@ -179,13 +191,15 @@ def main():
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
         sched.step()
+        ema.update_parameters(student)
         step += 1
         if step % 50 == 0:
             common.log(STAGE, f"step {step} loss {loss.item():.4f} distill {loss_distill.item():.4f}")
         if step % 250 == 0 or step == STEPS:
-            common.save_checkpoint(STAGE, step, {"model": student, "opt": opt, "sched": sched})
-    student.save_pretrained(f"{common.WORK}/unet")
+            common.save_checkpoint(STAGE, step, modules)
+    ema.module.save_pretrained(f"{common.WORK}/unet")
     common.mark_done(STAGE, {"steps": STEPS, "pairs": PAIRS, "teacher_steps": TEACHER_STEPS,
+                             "start": START, "pair_seed": PAIR_SEED,
                              "guidance": choice["guidance"], "final_loss": loss.item(),
                              "teacher_scores": choice["teacher_scores"]})
     common.log(STAGE, "done")
