@@ -5,7 +5,6 @@ training data comes from `tastebud shapes dataset`. This file holds paths, the t
 from the spec's words, the model configurations and resumable checkpoints.
 """
 
-import gzip
 import json
 import os
 import random
@@ -168,6 +167,33 @@ def unet_model():
 TURBO_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                        beta_schedule="scaled_linear", prediction_type="epsilon",
                        timestep_spacing="trailing", steps_offset=1)
+
+
+def alphas_cumprod():
+    """SD's training noise schedule (1000 steps, scaled-linear betas): alpha-bar per timestep."""
+    from diffusers import DDPMScheduler
+    return DDPMScheduler(**{k: v for k, v in TURBO_SCHEDULER.items()
+                            if k not in ("timestep_spacing", "steps_offset")}).alphas_cumprod
+
+
+def diffusion_loss(unet, x0, ctx, alphas, weight=None):
+    """SD's epsilon loss on clean latents x0 at uniformly drawn timesteps (timesteps, then noise,
+    from torch's RNG), each picture's error scaled by weight[t] when given (min-SNR)."""
+    t = torch.randint(0, len(alphas), (x0.shape[0],))
+    eps = torch.randn_like(x0)
+    a = alphas[t].view(-1, 1, 1, 1)
+    pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * eps, t, encoder_hidden_states=ctx).sample
+    per_picture = (pred - eps).pow(2).mean(dim=(1, 2, 3))
+    return (per_picture if weight is None else weight[t] * per_picture).mean()
+
+
+def train_step(model, opt, sched, loss):
+    """One optimiser step with the recipe's gradient clipping (norm 1)."""
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
 
 
 def schedule(opt, total, warmup=0.05):

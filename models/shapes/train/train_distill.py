@@ -1,8 +1,8 @@
 """Stage 4: distil the diffusion UNet to one step.
 
-The teacher (stage 3b, on stage 1b's text states) samples pictures with classifier-free guidance (the scale the judge
-scores best on its pictures of the evaluation suite) in 12 Euler steps from
-noise z; the student (initialised from the teacher) learns to land on the teacher's result in
+The teacher (stage 3b, on stage 1b's text states) samples pictures with classifier-free guidance
+(the scale the judge scores best on its pictures of the evaluation suite) in 12 Euler steps from
+noise z; the student (initialised from the teacher, or SHAPES_DISTILL_START) lands on its result in
 one step, and from every point the pipeline's 2-4 step trailing schedules visit on the straight
 Euler path from z*sigma_max to that result (so 1-4 steps all work). A little of the plain
 diffusion loss keeps it a diffusion model.
@@ -16,7 +16,7 @@ import subprocess
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
 from PIL import Image
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import CLIPModel
@@ -115,8 +115,8 @@ def choose_guidance(unet, clip, tok, empty):
 
 def teacher_pairs(unet, text, empty, guidance):
     """(noise, caption index, teacher latents), made in resumable chunks of 500. Round r of
-    ROUND pairs draws its captions (without repeats) and noise from seed PAIR_SEED + r, so raising PAIRS
-    keeps the pairs already made."""
+    ROUND pairs draws its captions (without repeats) and noise from seed PAIR_SEED + r, so
+    raising PAIRS keeps the pairs already made."""
     path = os.path.join(common.WORK, f"distill-pairs-{PAIRS}.npz")
     if os.path.exists(path):
         d = np.load(path)
@@ -157,8 +157,7 @@ def main():
     z, pair_idx, x0_teacher = teacher_pairs(teacher, text, empty, choice["guidance"])
     student = UNet2DConditionModel.from_pretrained(START).train()
     sig = sigmas()
-    alphas = DDPMScheduler(**{k: v for k, v in common.TURBO_SCHEDULER.items()
-                              if k not in ("timestep_spacing", "steps_offset")}).alphas_cumprod
+    alphas = common.alphas_cumprod()
     ema = AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY))
     opt = torch.optim.AdamW(student.parameters(), lr=LR, weight_decay=0.01)
     sched = common.schedule(opt, STEPS, 0.03)
@@ -179,18 +178,10 @@ def main():
         loss_distill = F.mse_loss(noisy - s * eps_hat, target)
         # Plain diffusion on real pictures.
         r = sorted(rng.sample(range(len(rows)), BATCH // 2))
-        x0 = torch.from_numpy(latents[r])
-        tr = torch.randint(0, 1000, (len(r),))
-        eps = torch.randn_like(x0)
-        a = alphas[tr].view(-1, 1, 1, 1)
-        pred = student(a.sqrt() * x0 + (1 - a).sqrt() * eps, tr,
-                       encoder_hidden_states=torch.from_numpy(text[r]).float()).sample
-        loss = loss_distill + DIFFUSION_WEIGHT * F.mse_loss(pred, eps)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        loss_plain = common.diffusion_loss(student, torch.from_numpy(latents[r]),
+                                           torch.from_numpy(text[r]).float(), alphas)
+        loss = loss_distill + DIFFUSION_WEIGHT * loss_plain
+        common.train_step(student, opt, sched, loss)
         ema.update_parameters(student)
         step += 1
         if step % 50 == 0:

@@ -9,8 +9,7 @@ import random
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler
+from diffusers import AutoencoderKL
 from transformers import CLIPModel
 
 import common
@@ -59,9 +58,7 @@ def main():
     latents, text = encoded("train", images, rows, vae, clip, tok)
     empty = empty_text(clip, tok)
     unet = common.unet_model()
-    noise_schedule = DDPMScheduler(**{k: v for k, v in common.TURBO_SCHEDULER.items()
-                                      if k not in ("timestep_spacing", "steps_offset")})
-    alphas = noise_schedule.alphas_cumprod
+    alphas = common.alphas_cumprod()
     opt = torch.optim.AdamW(unet.parameters(), lr=LR, weight_decay=0.01)
     sched = common.schedule(opt, STEPS, 0.03)
     step, _ = common.load_checkpoint(STAGE, {"model": unet, "opt": opt, "sched": sched})
@@ -72,16 +69,8 @@ def main():
         ctx = torch.from_numpy(text[idx]).float()
         drop = torch.rand(BATCH) < DROP_CAPTION
         ctx[drop] = empty
-        t = torch.randint(0, 1000, (BATCH,))
-        eps = torch.randn_like(x0)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        loss = F.mse_loss(unet(xt, t, encoder_hidden_states=ctx).sample, eps)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        loss = common.diffusion_loss(unet, x0, ctx, alphas)
+        common.train_step(unet, opt, sched, loss)
         step += 1
         if step % 50 == 0:
             common.log(STAGE, f"step {step} loss {loss.item():.4f}")

@@ -15,10 +15,8 @@ training the UNet on it, with two levers that matter on this budget:
 import os
 import random
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import CLIPModel
 
@@ -48,35 +46,27 @@ def main():
     empty = empty_text(clip, tok)
     unet = UNet2DConditionModel.from_pretrained(START).train()
     ema = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY))
-    alphas = DDPMScheduler(**{k: v for k, v in common.TURBO_SCHEDULER.items()
-                              if k not in ("timestep_spacing", "steps_offset")}).alphas_cumprod
+    alphas = common.alphas_cumprod()
     snr = alphas / (1 - alphas)
     weight = torch.clamp(snr, max=SNR_GAMMA) / snr
     opt = torch.optim.AdamW(unet.parameters(), lr=LR, weight_decay=0.01)
     sched = common.schedule(opt, STEPS, 0.03)
-    step, _ = common.load_checkpoint(STAGE, {"model": unet, "ema": ema, "opt": opt, "sched": sched})
+    modules = {"model": unet, "ema": ema, "opt": opt, "sched": sched}
+    step, _ = common.load_checkpoint(STAGE, modules)
     rng = random.Random(1000 + step)
     while step < STEPS:
         idx = sorted(rng.sample(range(len(rows)), BATCH))
         x0 = torch.from_numpy(latents[idx])
         ctx = torch.from_numpy(text[idx]).float()
         ctx[torch.rand(BATCH) < DROP_CAPTION] = empty
-        t = torch.randint(0, 1000, (BATCH,))
-        eps = torch.randn_like(x0)
-        a = alphas[t].view(-1, 1, 1, 1)
-        pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * eps, t, encoder_hidden_states=ctx).sample
-        loss = (weight[t] * F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        loss = common.diffusion_loss(unet, x0, ctx, alphas, weight)
+        common.train_step(unet, opt, sched, loss)
         ema.update_parameters(unet)
         step += 1
         if step % 50 == 0:
             common.log(STAGE, f"step {step} loss {loss.item():.4f}")
         if step % 250 == 0 or step == STEPS:
-            common.save_checkpoint(STAGE, step, {"model": unet, "ema": ema, "opt": opt, "sched": sched})
+            common.save_checkpoint(STAGE, step, modules)
     ema.module.save_pretrained(f"{common.WORK}/unet-teacher-1b")
     common.mark_done(STAGE, {"steps": STEPS, "batch": BATCH, "start": START, "final_loss": loss.item()})
     common.log(STAGE, "done")
