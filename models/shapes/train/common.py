@@ -179,12 +179,12 @@ def alphas_cumprod():
 def diffusion_loss(unet, x0, ctx, alphas, weight=None):
     """SD's epsilon loss on clean latents x0 at uniformly drawn timesteps (timesteps, then noise,
     from torch's RNG), each picture's error scaled by weight[t] when given (min-SNR)."""
-    t = torch.randint(0, len(alphas), (x0.shape[0],))
+    t = torch.randint(0, len(alphas), (x0.shape[0],)).to(x0.device)
     eps = torch.randn_like(x0)
-    a = alphas[t].view(-1, 1, 1, 1)
+    a = alphas.to(x0.device)[t].view(-1, 1, 1, 1)
     pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * eps, t, encoder_hidden_states=ctx).sample
-    per_picture = (pred - eps).pow(2).mean(dim=(1, 2, 3))
-    return (per_picture if weight is None else weight[t] * per_picture).mean()
+    per_picture = (pred.float() - eps).pow(2).mean(dim=(1, 2, 3))
+    return (per_picture if weight is None else weight.to(x0.device)[t] * per_picture).mean()
 
 
 def train_step(model, opt, sched, loss):
@@ -221,7 +221,7 @@ def load_checkpoint(name, modules):
     path = os.path.join(WORK, f"{name}.ckpt")
     if not os.path.exists(path):
         return 0, {}
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=False)
     for k, m in modules.items():
         m.load_state_dict(state["modules"][k])
     torch.set_rng_state(state["rng"]["torch"])

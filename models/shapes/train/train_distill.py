@@ -49,13 +49,13 @@ TIMESTEPS = [999, 749, 666, 499, 333, 249]
 def teacher_sample(unet, z, ctx, empty, guidance, steps=TEACHER_STEPS):
     """Guided Euler sampling exactly as the diffusers pipeline would step it."""
     sched = EulerDiscreteScheduler(**common.TURBO_SCHEDULER)
-    sched.set_timesteps(steps)
+    sched.set_timesteps(steps, device=z.device)
     latents = z * sched.init_noise_sigma
     uncond = empty.expand_as(ctx)
     with torch.no_grad():
         for t in sched.timesteps:
             inp = sched.scale_model_input(latents, t)
-            both = unet(torch.cat([inp, inp]), t, encoder_hidden_states=torch.cat([uncond, ctx])).sample
+            both = unet(torch.cat([inp, inp]), t, encoder_hidden_states=torch.cat([uncond, ctx])).sample.float()
             eps_u, eps_c = both.chunk(2)
             latents = sched.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
     return latents
@@ -66,6 +66,16 @@ def sigmas():
     sched.set_timesteps(1000)
     table = {int(t): float(s) for t, s in zip(sched.timesteps, sched.sigmas[:-1])}
     return {t: table[t] for t in TIMESTEPS}
+
+
+def distill_loss(student, z, target, ctx, t, s, s_max):
+    """The student's one-step picture from the point at timestep t (noise level s) on the straight
+    Euler path from z * s_max to the teacher's picture, against that picture: (loss, picture)."""
+    s = s.view(-1, 1, 1, 1)
+    noisy = target + s * (z * s_max - target) / s_max
+    eps_hat = student(noisy / (s * s + 1).sqrt(), t, encoder_hidden_states=ctx).sample
+    picture = noisy - s * eps_hat.float()
+    return F.mse_loss(picture, target), picture
 
 
 def judge_teacher(unet, clip, tok, empty, guidance, per_task=20):
@@ -143,14 +153,21 @@ def teacher_pairs(unet, text, empty, guidance):
     return z, idx, x0
 
 
-def main():
-    common.setup(4)
-    if common.done(STAGE):
-        return
+def training_set():
+    """The training pictures' latents and their captions' states on the teacher's text tower
+    (stage 3b's cache), with that tower and the tokenizer."""
     tok = common.tokenizer()
     images, rows = common.dataset("train", 60000, 1)
     clip = CLIPModel.from_pretrained(TEXT_CLIP).eval()
     latents, text = encoded("train-clip-reward", images, rows, None, clip, tok)
+    return latents, text, clip, tok
+
+
+def main():
+    common.setup(4)
+    if common.done(STAGE):
+        return
+    latents, text, clip, tok = training_set()
     empty = empty_text(clip, tok)
     teacher = UNet2DConditionModel.from_pretrained(TEACHER).eval()
     choice = choose_guidance(teacher, clip, tok, empty)
@@ -169,15 +186,11 @@ def main():
         zb = torch.from_numpy(z[b])
         target = torch.from_numpy(x0_teacher[b])
         ctx = torch.from_numpy(text[pair_idx[b]]).float()
-        # A point on the straight Euler path from z * sigma_max to the teacher's picture.
         t = torch.tensor([rng.choice(TIMESTEPS) for _ in b])
-        s = torch.tensor([sig[int(v)] for v in t]).view(-1, 1, 1, 1)
-        s_max = sig[999]
-        noisy = target + s * (zb * s_max - target) / s_max
-        eps_hat = student(noisy / (s * s + 1).sqrt(), t, encoder_hidden_states=ctx).sample
-        loss_distill = F.mse_loss(noisy - s * eps_hat, target)
+        loss_distill, _ = distill_loss(student, zb, target, ctx, t, torch.tensor([sig[int(v)] for v in t]),
+                                       sig[999])
         # Plain diffusion on real pictures.
-        r = sorted(rng.sample(range(len(rows)), BATCH // 2))
+        r = sorted(rng.sample(range(len(latents)), BATCH // 2))
         loss_plain = common.diffusion_loss(student, torch.from_numpy(latents[r]),
                                            torch.from_numpy(text[r]).float(), alphas)
         loss = loss_distill + DIFFUSION_WEIGHT * loss_plain
