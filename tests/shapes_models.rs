@@ -46,7 +46,7 @@ fn the_manifest_lists_every_shipped_file_exactly() {
         .map(|f| f["file"].as_str().unwrap())
         .collect();
     let mut on_disk = vec![];
-    for folder in ["generator", "clip"] {
+    for folder in ["generator", "clip", "proxy"] {
         let root = models().join("shapes");
         let mut stack = vec![root.join(folder)];
         while let Some(dir) = stack.pop() {
@@ -136,14 +136,65 @@ fn a_damaged_shipped_model_is_named() {
     );
 }
 
+/// `optimize --method pruned` on the shipped generator scores its candidates through the
+/// shipped proxy decoder (no `--proxy-decoder` needed), checked against the manifest like the
+/// rest: a damaged proxy is named.
+#[test]
+fn pruning_uses_the_shipped_proxy_decoder() {
+    let png = temp("pruned.png").display().to_string();
+    let args = [
+        "optimize",
+        "--prompt",
+        "a red circle",
+        "--method",
+        "pruned",
+        "--budget",
+        "8",
+        "--device",
+        "cpu",
+        "--json",
+        "--out",
+        &png,
+    ];
+    let out = tastebud(&args, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("proxy decoder: the shipped one"),
+        "{}",
+        stderr(&out)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (json["width"].as_u64(), json["height"].as_u64()),
+        (Some(64), Some(64))
+    );
+    let best = json["best_scores"]["rewards"][0].as_f64().unwrap();
+    assert!(best.is_finite() && best > 0.0, "best CLIP score {best}");
+    assert_eq!(image::open(&png).unwrap().width(), 64);
+
+    let root = temp("models-proxy");
+    copy_tree(&models().join("shapes"), &root.join("shapes"));
+    let proxy = root.join("shapes/proxy/diffusion_pytorch_model.safetensors");
+    let mut bytes = std::fs::read(&proxy).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&proxy, bytes).unwrap();
+    let out = tastebud(&args, Some(&root));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("proxy/diffusion_pytorch_model.safetensors: damaged: sha256"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 fn shapes_reference() -> Value {
     let bytes = std::fs::read(fixtures().join("shapes/reference.json")).expect("reference.json");
     serde_json::from_slice(&bytes).unwrap()
 }
 
 /// diffusers' pipeline on the shipped snapshot and `tastebud generate --noise` (its default
-/// model) agree within one level per channel; transformers' CLIP and `tastebud score` (its
-/// default reward) agree at rtol 1e-4.
+/// model) agree within one level per channel, with its VAE and with the shipped proxy decoder;
+/// transformers' CLIP and `tastebud score` (its default reward) agree at rtol 1e-4.
 #[test]
 fn the_shipped_models_match_diffusers_and_transformers() {
     for case in shapes_reference()["cases"].as_array().unwrap() {
@@ -153,29 +204,33 @@ fn the_shipped_models_match_diffusers_and_transformers() {
             .join(case["noise"].as_str().unwrap());
         let steps = case["steps"].as_u64().unwrap().to_string();
         let png = temp(&format!("parity-{}", case["image"].as_str().unwrap()));
-        for device in ["cpu", "gpu"] {
-            let out = tastebud(
-                &[
-                    "generate",
-                    "--prompt",
-                    prompt,
-                    "--noise",
-                    &noise.display().to_string(),
-                    "--steps",
-                    &steps,
-                    "--device",
-                    device,
-                    "--out",
-                    &png.display().to_string(),
-                ],
-                None,
-            );
+        let proxy = models().join("shapes/proxy").display().to_string();
+        // Its VAE on both devices, and the proxy decoder `optimize --method pruned` uses,
+        // swapped in as TAESD is.
+        for (device, decoder, fixture) in [
+            ("cpu", None, "image"),
+            ("gpu", None, "image"),
+            ("cpu", Some(proxy.as_str()), "proxy_image"),
+        ] {
+            let noise = noise.display().to_string();
+            let png_arg = png.display().to_string();
+            let mut args = vec![
+                "generate", "--prompt", prompt, "--noise", &noise, "--steps", &steps, "--device",
+                device, "--out", &png_arg,
+            ];
+            if let Some(decoder) = decoder {
+                args.extend(["--decoder", decoder]);
+            }
+            let out = tastebud(&args, None);
             assert!(out.status.success(), "{}", stderr(&out));
             let ours = image::open(&png).unwrap().to_rgb8();
-            let (w, h, want) = fixture_png(&format!("shapes/{}", case["image"].as_str().unwrap()));
+            let (w, h, want) = fixture_png(&format!("shapes/{}", case[fixture].as_str().unwrap()));
             assert_eq!((ours.width() as usize, ours.height() as usize), (w, h));
             let diff = max_pixel_diff(ours.as_raw(), &want);
-            assert!(diff <= 1, "{prompt:?} on {device}: pixels differ by {diff}");
+            assert!(
+                diff <= 1,
+                "{prompt:?} on {device} ({fixture}): pixels differ by {diff}"
+            );
         }
         let image = fixtures()
             .join("shapes")

@@ -252,6 +252,7 @@ pub(crate) fn load(
         Some(dir) => {
             let mut files = ModelFiles::new(dir.display().to_string());
             read_groups(dir, &decoder_files(), &mut files, &reading)?;
+            crate::shipped::verify(dir, &files)?;
             Some(files)
         }
         None => None,

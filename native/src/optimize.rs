@@ -69,6 +69,7 @@ pub struct OptimizeArgs {
     #[arg(long, default_value_t = 0.2)]
     step: f32,
     /// pruned: the cheap decoder (e.g. a TAESD folder) candidates are first scored through.
+    /// Default with the shipped generator: its proxy decoder (models/shapes/proxy).
     #[arg(long)]
     proxy_decoder: Option<PathBuf>,
     /// pruned: candidates scored in full after the proxy pass.
@@ -192,10 +193,25 @@ struct Loaded {
     load_rewards_ms: f64,
 }
 
-fn load_all(args: &OptimizeArgs, hidden: bool) -> Result<Loaded> {
-    if (args.method == Method::Pruned) != args.proxy_decoder.is_some() {
-        bail!("--proxy-decoder goes with --method pruned (and pruning needs it)");
+/// The proxy decoder `pruned` scores candidates through: the one given, else the shipped
+/// generator's (`models/shapes/proxy`) when the generator is the shipped one.
+fn proxy_folder(args: &OptimizeArgs) -> Result<Option<PathBuf>> {
+    match (&args.proxy_decoder, args.method == Method::Pruned) {
+        (Some(_), false) => bail!("--proxy-decoder goes with --method pruned"),
+        (Some(dir), true) => Ok(Some(dir.clone())),
+        (None, true) if args.model.model.is_none() => {
+            Ok(Some(crate::shipped::shapes_dir().join("proxy")))
+        }
+        (None, true) => bail!(
+            "--method pruned needs --proxy-decoder: a cheap decoder folder for this model (e.g. \
+             TAESD for SD's VAE)"
+        ),
+        (None, false) => Ok(None),
     }
+}
+
+fn load_all(args: &OptimizeArgs, hidden: bool) -> Result<Loaded> {
+    let proxy_dir = proxy_folder(args)?;
     let specs = parse_rewards(&args.rewards)?;
     let reward_files = specs
         .iter()
@@ -216,10 +232,14 @@ fn load_all(args: &OptimizeArgs, hidden: bool) -> Result<Loaded> {
     let started = Instant::now();
     let rewards = load_rewards(&specs, reward_files, &device.device)?;
     let load_rewards_ms = ms(started);
-    let proxy = match &args.proxy_decoder {
+    let proxy = match &proxy_dir {
         Some(dir) => {
+            if args.proxy_decoder.is_none() {
+                eprintln!("proxy decoder: the shipped one ({})", dir.display());
+            }
             let mut files = ModelFiles::new(dir.display().to_string());
             read_groups(dir, &decoder_files(), &mut files, &bar(true, ""))?;
+            crate::shipped::verify(dir, &files)?;
             Some(LoadedDecoder::from_files(files, None, &device.device)?)
         }
         None => None,
@@ -437,7 +457,7 @@ fn optimize_batch(args: &OptimizeArgs) -> Result<()> {
         "reno": config,
         "search": search_method,
         "budget": args.budget,
-        "proxy_decoder": args.proxy_decoder.as_ref().map(|d| d.display().to_string()),
+        "proxy_decoder": proxy_folder(args)?.map(|d| d.display().to_string()),
         "width": args.noise.width,
         "height": args.noise.height,
     });

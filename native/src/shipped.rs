@@ -22,7 +22,7 @@ pub(crate) fn shapes_dir() -> PathBuf {
     models_root().join("shapes")
 }
 
-/// A shipped model folder (`generator` or `clip`), said on stderr.
+/// A shipped model folder (`generator`, `clip` or `proxy`), said on stderr.
 pub(crate) fn model(name: &str) -> Result<PathBuf> {
     let dir = shapes_dir().join(name);
     if !dir.is_dir() {

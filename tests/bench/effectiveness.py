@@ -28,6 +28,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TASKS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 BUDGET = "150"  # ReNO-50's compute in forward passes: 50 gradient iterations at 3 each
+# A candidate through the proxy decoder against one through the VAE, both scored by the CLIP
+# (`tastebud bench` with and without `--decoder models/shapes/proxy`; BENCHMARKS.md).
+PROXY_COST = "0.55"
 
 # name -> the command's arguments after `tastebud`. ReNO's defaults: SGD with Nesterov momentum
 # 0.9, lr 5, gradient clip 0.1, prior weight 0.01.
@@ -41,8 +44,10 @@ METHODS = {
     "best-of-n": ["optimize", "--method", "best-of-n", "--budget", BUDGET],
     "zero-order": ["optimize", "--method", "zero-order", "--budget", BUDGET],
     "carinox": ["optimize", "--method", "carinox", "--budget", BUDGET],
+    # Through the shipped proxy decoder (models/shapes/proxy) first, the best 2 in full.
+    "pruned": ["optimize", "--method", "pruned", "--budget", BUDGET, "--proxy-cost", PROXY_COST],
 }
-DEFAULT = ["plain", "reno-10", "reno-20", "reno-50", "best-of-n", "zero-order", "carinox"]
+DEFAULT = ["plain", "reno-10", "reno-20", "reno-50", "best-of-n", "zero-order", "carinox", "pruned"]
 
 
 def suite(per_task, out):

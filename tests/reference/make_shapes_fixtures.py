@@ -5,12 +5,14 @@ the numerics far harder than the random fixtures.
   noise, 1 and 2 steps, no guidance -> PNGs that `tastebud generate --noise` must match to +-1.
 - clip/: transformers' CLIPModel scores of those pictures against their prompts (the folder's
   saved processor; at 64 px no resizing happens, so every preprocessing path agrees).
+- proxy/: the same pipeline with the proxy decoder (AutoencoderTiny) as its VAE, as TAESD is
+  swapped in -> PNGs that `tastebud generate --noise --decoder models/shapes/proxy` must match.
 
 Run from the repository root after models/shapes/train/export.py:
 
     python tests/reference/make_shapes_fixtures.py
 
-Writes tests/fixtures/shapes/ (noise*.npy, *.png, reference.json).
+Writes tests/fixtures/shapes/ (noise*.npy, image*.png, proxy*.png, reference.json).
 """
 
 import json
@@ -47,23 +49,29 @@ def main():
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(
         os.path.join(MODELS, "generator"), torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
+    proxy = diffusers.AutoencoderTiny.from_pretrained(os.path.join(MODELS, "proxy"), torch_dtype=torch.float32)
+    proxy_pipe = diffusers.StableDiffusionPipeline(**{**pipe.components, "vae": proxy})
+    proxy_pipe.set_progress_bar_config(disable=True)
     clip = CLIPModel.from_pretrained(os.path.join(MODELS, "clip"), torch_dtype=torch.float32).eval()
     processor = CLIPProcessor.from_pretrained(os.path.join(MODELS, "clip"))
     cases = []
     for i, (prompt, steps, seed) in enumerate(CASES):
         noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed))
         np.save(os.path.join(OUT, f"noise{i}.npy"), noise.numpy())
-        with torch.no_grad():
-            out = pipe(prompt, height=64, width=64, num_inference_steps=steps, guidance_scale=0.0,
-                       latents=noise.clone(), output_type="np").images
-        pixels = (out[0] * 255).round().astype(np.uint8)
-        image = Image.fromarray(pixels)
-        image.save(os.path.join(OUT, f"image{i}.png"))
+        images = []
+        for pipeline, name in ((pipe, f"image{i}.png"), (proxy_pipe, f"proxy{i}.png")):
+            with torch.no_grad():
+                out = pipeline(prompt, height=64, width=64, num_inference_steps=steps, guidance_scale=0.0,
+                               latents=noise.clone(), output_type="np").images
+            images.append(Image.fromarray((out[0] * 255).round().astype(np.uint8)))
+            images[-1].save(os.path.join(OUT, name))
+        image = images[0]
         inputs = processor(text=[prompt], images=[image], return_tensors="pt", padding="max_length")
         with torch.no_grad():
             logit = clip(**inputs).logits_per_image[0, 0].item()
         cases.append({"prompt": prompt, "steps": steps, "noise": f"noise{i}.npy",
-                      "image": f"image{i}.png", "clip_logit": logit})
+                      "image": f"image{i}.png", "proxy_image": f"proxy{i}.png",
+                      "clip_logit": logit})
     versions = {"python": sys.version.split()[0], "torch": torch.__version__,
                 "diffusers": diffusers.__version__, "transformers": transformers.__version__,
                 "pillow": PIL.__version__, "numpy": np.__version__}

@@ -73,6 +73,12 @@ def to_pixels(images):
     return x / 127.5 - 1.0
 
 
+def psnr(a, b):
+    """Mean PSNR (dB) of pictures a against b, both in [-1, 1]."""
+    mse = ((a - b) / 2).pow(2).mean(dim=(1, 2, 3))
+    return (10 * torch.log10(1 / mse)).mean().item()
+
+
 # ---------------------------------------------------------------- tokenizer
 
 def vocabulary_words(spec):

@@ -7,6 +7,8 @@
   `save_pretrained`.
 - models/shapes/clip/: the reward: stage 1b's CLIP (taught where things are) as a transformers
   CLIPModel folder.
+- models/shapes/proxy/: stage 2b's proxy decoder (a diffusers AutoencoderTiny folder, as TAESD)
+  that `optimize --method pruned` scores candidates through.
 - models/shapes/manifest.json: every shipped file with its size and sha256, and the scores
   of the training run.
 """
@@ -18,7 +20,8 @@ import os
 import shutil
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (AutoencoderKL, AutoencoderTiny, EulerDiscreteScheduler, StableDiffusionPipeline,
+                       UNet2DConditionModel)
 from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextModel
 
 import common
@@ -61,12 +64,16 @@ def main():
     shutil.rmtree(gen_dir, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(gen_dir, safe_serialization=True)
 
+    proxy_dir = os.path.join(common.OUT, "proxy")
+    shutil.rmtree(proxy_dir, ignore_errors=True)
+    AutoencoderTiny.from_pretrained(f"{common.WORK}/proxy").to(torch.float16).save_pretrained(proxy_dir)
+
     reports = {}
-    for stage in ("clip", "clip-position", "vae", "unet", "unet-1b", "distill"):
+    for stage in ("clip", "clip-position", "vae", "proxy", "unet", "unet-1b", "distill"):
         with open(os.path.join(common.WORK, f"{stage}.done")) as f:
             reports[stage] = json.load(f)
     files = []
-    for folder in (gen_dir, clip_dir):
+    for folder in (gen_dir, clip_dir, proxy_dir):
         for root, _, names in os.walk(folder):
             for name in sorted(names):
                 path = os.path.join(root, name)

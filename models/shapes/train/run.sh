@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tastebud/target}
 (cd ../../.. && cargo build --bin tastebud)
-for stage in train_clip train_clip_position train_vae train_unet train_unet_reward_text train_distill; do
+for stage in train_clip train_clip_position train_vae train_unet train_proxy_decoder train_unet_reward_text \
+    train_distill; do
   python "$stage.py"
 done
 python export.py

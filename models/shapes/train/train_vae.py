@@ -23,9 +23,8 @@ def psnr(vae, images, n=500):
     with torch.no_grad():
         x = common.to_pixels(images[:n])
         y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-        mse = ((x - y) / 2).pow(2).mean(dim=(1, 2, 3))
     vae.train()
-    return (10 * torch.log10(1 / mse)).mean().item()
+    return common.psnr(y, x)
 
 
 def main():
