@@ -241,20 +241,25 @@ def grid(args, people):
     print(f"grid: {args.grid}", file=sys.stderr)
 
 
+LINEAR = ("warm", "cool", "large", "left", "mix")
+
+
 def report(rows, counts, selections):
-    """Per kind, mode, selection and count: mean utility gain (in units of the person's spread),
-    share of people whose steered pictures beat plain ones on average, prompt score plain ->
-    steered."""
+    """Per kind (and for the linear-taste people together), mode, selection and count: mean
+    utility gain (in units of the person's spread), share of people whose steered pictures beat
+    plain ones on average, prompt score plain -> steered."""
     print("| people | steering | pairs | answers | utility gain (spreads) | people improved | prompt holds, plain -> steered |")
     print("|---|---|---|---|---|---|---|")
     groups = {}
     for r in rows:
         groups.setdefault((r["kind"], r["mode"], r["selection"], r["answers"]), []).append(r)
+        if r["kind"] in LINEAR:
+            groups.setdefault(("all linear", r["mode"], r["selection"], r["answers"]), []).append(r)
     for (kind, mode, selection, n), rs in sorted(groups.items()):
         gain = statistics.mean((r["steered_utility"] - r["plain_utility"]) / r["spread"] for r in rs)
         people = {}
         for r in rs:
-            people.setdefault(r["person"], []).append(r["steered_utility"] - r["plain_utility"])
+            people.setdefault((r["kind"], r["person"]), []).append(r["steered_utility"] - r["plain_utility"])
         improved = sum(statistics.mean(v) > 0 for v in people.values()) / len(people)
         held = statistics.mean(r["plain_holds"] for r in rs), statistics.mean(r["steered_holds"] for r in rs)
         print(f"| {kind} | {mode} | {selection} | {n} | {gain:+.2f} | {improved:.0%} | {held[0]:.2f} -> {held[1]:.2f} |")
