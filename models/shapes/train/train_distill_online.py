@@ -2,8 +2,8 @@
 
 Stage 4 regresses the student onto 8,000 teacher pictures made once: on 2 CPU cores each 1,000
 cost ~4 minutes, so every picture is seen 16 times and the student memorises them. On a GPU the
-teacher is cheap, so here it draws new captions and noise every step (GEN per step into a replay
-buffer of BUFFER pictures: each is seen about BATCH * BUFFER / GEN / BUFFER = 4 times) and the
+teacher is cheap, so here it draws new captions and noise as it goes (GEN per step, made CHUNK at a
+time, into a replay buffer of BUFFER pictures: each is seen about BATCH / GEN = 4 times) and the
 student, starting from stage 4's, learns stage 4's targets: the teacher's picture from every point
 the 1-4 step trailing schedules visit on the straight Euler path to it, plus SD's epsilon loss at
 all timesteps (on the teacher's pictures: the real training latents stay with the CPU stages).
