@@ -138,7 +138,7 @@ fn a_damaged_shipped_model_is_named() {
 
 /// `optimize --method pruned` on the shipped generator scores its candidates through the
 /// shipped proxy decoder (no `--proxy-decoder` needed), checked against the manifest like the
-/// rest: a damaged proxy is named.
+/// rest: a damaged proxy is named, a missing one says where it was looked for.
 #[test]
 fn pruning_uses_the_shipped_proxy_decoder() {
     let png = temp("pruned.png").display().to_string();
@@ -159,7 +159,7 @@ fn pruning_uses_the_shipped_proxy_decoder() {
     let out = tastebud(&args, None);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("proxy decoder: the shipped one"),
+        stderr(&out).contains("model: the shipped shapes-world proxy"),
         "{}",
         stderr(&out)
     );
@@ -182,6 +182,16 @@ fn pruning_uses_the_shipped_proxy_decoder() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("proxy/diffusion_pytorch_model.safetensors: damaged: sha256"),
+        "{}",
+        stderr(&out)
+    );
+    // A missing proxy: the error says where it was looked for.
+    std::fs::remove_dir_all(root.join("shapes/proxy")).unwrap();
+    let out = tastebud(&args, Some(&root));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the shipped shapes-world model is not at")
+            && stderr(&out).contains("proxy"),
         "{}",
         stderr(&out)
     );

@@ -235,7 +235,8 @@ fn load_all(args: &OptimizeArgs, hidden: bool) -> Result<Loaded> {
     let proxy = match &proxy_dir {
         Some(dir) => {
             if args.proxy_decoder.is_none() {
-                eprintln!("proxy decoder: the shipped one ({})", dir.display());
+                // Says which, or names where it was looked for when it is missing.
+                crate::shipped::model("proxy")?;
             }
             let mut files = ModelFiles::new(dir.display().to_string());
             read_groups(dir, &decoder_files(), &mut files, &bar(true, ""))?;
