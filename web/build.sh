@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
-# Builds the JS package into web/pkg: the wasm module plus its wasm-bindgen glue (ES module).
-# Needs the wasm32-unknown-unknown target and wasm-bindgen-cli at the wasm-bindgen crate's
-# version (tests/run.sh installs both).
+# Builds the JS package into web/pkg: the wasm module and its wasm-bindgen glue, the package's
+# own ES modules (web/js: the API, its worker, types), comlink (vendored: a worker cannot see
+# the page's import map) and the shipped shapes models (`model: 'default'`).
+# Needs the wasm32-unknown-unknown target, wasm-bindgen-cli at the wasm-bindgen crate's version
+# (tests/run.sh installs both) and npm. `npm pack web/pkg` makes the tarball.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
 cargo build -p tastebud-web --target wasm32-unknown-unknown --release
 wasm-bindgen --target web --out-dir web/pkg "$target/wasm32-unknown-unknown/release/tastebud_web.wasm"
+(cd web/js && npm ci --no-audit --no-fund --loglevel=error)
+cp web/js/tastebud.js web/js/worker.js web/js/tastebud.d.ts web/js/package.json web/js/README.md web/pkg/
+cp web/js/node_modules/comlink/dist/esm/comlink.mjs web/pkg/
+# The models the manifest lists (not the training recipe or examples).
+rm -rf web/pkg/models && mkdir -p web/pkg/models/shapes
+cp models/shapes/manifest.json web/pkg/models/shapes/
+node -e '
+  const fs = require("fs"), path = require("path");
+  for (const { file } of JSON.parse(fs.readFileSync("models/shapes/manifest.json")).files) {
+    fs.mkdirSync(path.dirname(`web/pkg/models/shapes/${file}`), { recursive: true });
+    fs.copyFileSync(`models/shapes/${file}`, `web/pkg/models/shapes/${file}`);
+  }'
+

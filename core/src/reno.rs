@@ -14,6 +14,9 @@
 //! runs on the host in f32 (the noise is small), the prior's gradient is its closed form
 //! `prior_weight * (1 - (d - 1) / ||z||^2) z`.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use burn::tensor::{Tensor, TensorData};
 use serde::Serialize;
 
@@ -472,6 +475,10 @@ impl<'a> NoiseObjective<'a> {
     }
 }
 
+/// A caller's answer to an event that may take time to arrive: a browser worker awaits its
+/// event loop there, so that a Stop sent while an iteration ran is seen before the next one.
+pub type FlowFuture = Pin<Box<dyn Future<Output = Flow>>>;
+
 /// Runs ReNO from `noise` (unit Gaussian `[1, C, h, w]`). `on_event` sees every iteration
 /// (with the image when [`RenoConfig::preview_every`] asks for it) and may stop the run.
 pub async fn reno(
@@ -479,6 +486,19 @@ pub async fn reno(
     noise: Noise,
     config: &RenoConfig,
     on_event: &mut dyn FnMut(&Iteration, Option<&RgbImage>) -> Flow,
+) -> Result<RenoOutcome> {
+    reno_awaiting(objective, noise, config, &mut |event, preview| {
+        Box::pin(std::future::ready(on_event(event, preview)))
+    })
+    .await
+}
+
+/// [`reno`] whose caller answers each event with a future.
+pub async fn reno_awaiting(
+    objective: &NoiseObjective<'_>,
+    noise: Noise,
+    config: &RenoConfig,
+    on_event: &mut dyn FnMut(&Iteration, Option<&RgbImage>) -> FlowFuture,
 ) -> Result<RenoOutcome> {
     config.validate()?;
     if noise.values.len() != objective.dimension() {
@@ -542,7 +562,7 @@ pub async fn reno(
             Some(k) if k > 0 && (iteration % k == 0 || last) => Some(to_rgb8(eval.image).await?),
             _ => None,
         };
-        let flow = on_event(&event, preview.as_ref());
+        let flow = on_event(&event, preview.as_ref()).await;
         let finite = loss.is_finite() && event.grad_norm.is_none_or(f32::is_finite);
         trajectory.push(event);
         if !finite {

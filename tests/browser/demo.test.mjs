@@ -1,7 +1,8 @@
-// The demo page (index.html) in headless Chromium: the "Your taste" section embeds eight
-// fixture images with the tiny CLIP, asks pairs, learns from the clicks, and ranks the images
-// exactly as the native CLI ranks them from the page's exported preferences; a bad import is
-// refused and changes nothing.
+// The demo page (index.html) in headless Chromium, "Your taste" through the JS package: the page
+// draws eight candidates with the shipped model, asks pairs, refits a linear head after each
+// click, ranks the candidates exactly as the native CLI ranks them from the page's exported
+// preferences, and "Make it mine" raises the personal reward; a bad import is refused and
+// changes nothing.
 //
 // Needs: web/pkg (web/build.sh), the native binary in $TASTEBUD_BIN, /usr/bin/chromium.
 import { test } from 'node:test';
@@ -10,23 +11,22 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fixtures, useBrowser } from './harness.mjs';
+import { useBrowser } from './harness.mjs';
 
 const tastebud = process.env.TASTEBUD_BIN;
 const ctx = useBrowser({ needsCli: true });
-const IMAGES = ['image0.png', 'image1.png', 'sd-turbo-tiny-1.png', 'sd-turbo-tiny-2.png', 'sd1-tiny-0.png',
-  'sdxl-turbo-tiny-3.png', 'sdxl-turbo-tiny-4.png', 'sd-turbo-tiny-taesd.png'];
+const CANDIDATES = 8;
 const ANSWERS = 6;
 
-test('the demo learns a taste from clicks and ranks like the native CLI', async () => {
+test('the demo learns a taste from clicks, ranks like the native CLI and steers toward it', { timeout: 600_000 },
+  async () => {
   const page = await ctx.browser.newPage();
   const logs = [];
   page.on('pageerror', (e) => logs.push(String(e)));
   try {
-    await page.goto(`${ctx.base}/index.html`);
-    await page.selectOption('#device', 'cpu');
-    await page.fill('#model-url', '/tests/fixtures/clip-openai/');
-    await page.setInputFiles('#taste-images', IMAGES.map((n) => path.join(fixtures, n)));
+    await page.goto(`${ctx.base}/index.html?device=cpu`);
+    await page.waitForFunction(() => !document.getElementById('taste-start').disabled, null, { timeout: 120_000 });
+    await page.click('#taste-start');
     for (let k = 0; k < ANSWERS; k++) {
       await page.waitForFunction((k) => document.getElementById('taste-status').textContent.startsWith(`${k} answers`), k,
         { timeout: 60000 });
@@ -35,10 +35,11 @@ test('the demo learns a taste from clicks and ranks like the native CLI', async 
     await page.waitForFunction((n) => document.getElementById('taste-status').textContent.startsWith(`${n} answers`),
       ANSWERS, { timeout: 60000 });
     const ranking = await page.$$eval('#ranking li', (lis) => lis.map((li) => li.dataset.name));
-    assert.equal(ranking.length, IMAGES.length);
+    assert.equal(ranking.length, CANDIDATES);
     const stored = await page.evaluate(() => localStorage.getItem('tastebud-preferences'));
     const prefs = JSON.parse(stored);
     assert.equal(prefs.records.length, ANSWERS);
+    assert.equal(prefs.embedding_model, 'tastebud/shapes-clip');
 
     // Native: fit the same head on the exported answers, rank the same embeddings.
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tastebud-demo-'));
@@ -53,6 +54,15 @@ test('the demo learns a taste from clicks and ranks like the native CLI', async 
       '--json', path.join(dir, 'candidates.json')], { stdio: ['ignore', 'pipe', 'pipe'] })).ranking
       .map((r) => names[Number(r.image.split('#')[1])]);
     assert.deepEqual(ranking.filter((n) => names.includes(n)), native, 'same order as the native CLI');
+
+    // Make it mine: ReNO toward the head (with the prompt's CLIP) raises the personal reward.
+    await page.fill('#steer-iterations', '4');
+    await page.click('#make-mine');
+    await page.waitForFunction(() => document.getElementById('make-mine').dataset.done
+      || document.getElementById('mine-status').textContent.startsWith('failed'), null, { timeout: 300_000 });
+    const mine = await page.textContent('#mine-status');
+    const [, before, after] = mine.match(/your taste (-?[\d.]+) -> (-?[\d.]+)/) ?? [];
+    assert.ok(Number(after) > Number(before), `the personal reward did not rise: ${mine}`);
 
     // A file of another dimension is refused and the stored answers stay.
     const bad = path.join(dir, 'bad.json');

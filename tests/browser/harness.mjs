@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { before, after } from 'node:test';
 import { chromium } from 'playwright-core';
 
@@ -12,11 +13,12 @@ export const fixtures = path.join(root, 'tests/fixtures');
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript',
   '.wasm': 'application/wasm', '.json': 'application/json', '.png': 'image/png' };
 
-// Starts the server and the browser; returns { server, browser, base }.
-export async function startBrowser() {
+// Starts a static server over `serveRoot` (the repository by default) and the browser;
+// returns { server, browser, base }.
+export async function startBrowser(serveRoot = root) {
   const server = http.createServer((req, res) => {
-    const file = path.join(root, decodeURIComponent(new URL(req.url, 'http://localhost').pathname));
-    if (!file.startsWith(root) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
+    const file = path.join(serveRoot, decodeURIComponent(new URL(req.url, 'http://localhost').pathname));
+    if (!file.startsWith(serveRoot) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
       res.writeHead(404).end();
       return;
     }
@@ -76,4 +78,35 @@ export async function blankPage(ctx) {
   page.on('pageerror', (e) => logs.push(String(e)));
   await page.goto(`${ctx.base}/tests/browser/blank.html`);
   return { page, logs };
+}
+
+// RGB pixels of an 8-bit, non-interlaced RGB PNG (what PIL and Tastebud write).
+export function decodePng(bytes) {
+  let pos = 8, width, height, idat = [];
+  while (pos < bytes.length) {
+    const len = bytes.readUInt32BE(pos);
+    const type = bytes.toString('latin1', pos + 4, pos + 8);
+    const data = bytes.subarray(pos + 8, pos + 8 + len);
+    if (type === 'IHDR') {
+      width = data.readUInt32BE(0);
+      height = data.readUInt32BE(4);
+      assert.deepEqual([data[8], data[9], data[12]], [8, 2, 0], '8-bit RGB, not interlaced');
+    } else if (type === 'IDAT') idat.push(data);
+    pos += 12 + len;
+  }
+  const raw = zlib.inflateSync(Buffer.concat(idat));
+  const stride = width * 3, out = Buffer.alloc(stride * height);
+  for (let y = 0; y < height; y++) {
+    const filter = raw[y * (stride + 1)];
+    for (let x = 0; x < stride; x++) {
+      const v = raw[y * (stride + 1) + 1 + x];
+      const a = x >= 3 ? out[y * stride + x - 3] : 0;
+      const b = y > 0 ? out[(y - 1) * stride + x] : 0;
+      const c = x >= 3 && y > 0 ? out[(y - 1) * stride + x - 3] : 0;
+      const p = a + b - c, pa = Math.abs(p - a), pb = Math.abs(p - b), pc = Math.abs(p - c);
+      const pred = [0, a, b, (a + b) >> 1, pa <= pb && pa <= pc ? a : pb <= pc ? b : c][filter];
+      out[y * stride + x] = (v + pred) & 255;
+    }
+  }
+  return { width, height, pixels: out };
 }

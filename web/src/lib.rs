@@ -9,12 +9,14 @@ use tastebud_core::models::clip::{CLIP_FILES, Clip};
 use tastebud_core::noise::Noise;
 use tastebud_core::pipeline::{ModelIndex, Pipeline, Request, to_rgb8};
 use tastebud_core::preprocess::{ImageFile, PreprocessChoice, decode_image};
-use tastebud_core::reno::{Flow, NoiseObjective, RenoConfig, reno};
+use tastebud_core::reno::{Flow, FlowFuture, NoiseObjective, RenoConfig, reno_awaiting};
 use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
 use tastebud_core::{ComputeDevice, DeviceChoice, ModelFiles, Precision, device};
 use wasm_bindgen::prelude::*;
 
+mod model_store;
 mod personal;
+use model_store::{ModelStore, Source, fetch_manifest};
 pub use personal::{Head, merge_preferences, preferences_summary};
 
 /// A device, and the models loaded on it.
@@ -25,6 +27,10 @@ pub struct Tastebud {
     clip: Option<Clip>,
     pipeline: Option<Pipeline>,
     rewards: Option<RewardSet>,
+    /// The CLIP folder `load_model` found, kept to build a personal reward on it.
+    clip_files: Option<ModelFiles>,
+    /// The model's CLIP and a person's head together ([`Tastebud::set_taste`]).
+    taste: Option<RewardSet>,
 }
 
 /// A generated image: RGBA for a canvas (`new ImageData(rgba, width, height)`) and a PNG file
@@ -113,6 +119,24 @@ fn parse_preprocess(choice: Option<String>) -> Result<PreprocessChoice, JsError>
     choice.as_deref().unwrap_or("auto").parse().map_err(js)
 }
 
+/// What a JS callback answered: `false` (or a promise of it, awaited: a worker yields to its
+/// event loop there) stops; a throw stops too.
+fn answer_flow(answer: Result<JsValue, JsValue>) -> FlowFuture {
+    Box::pin(async move {
+        let value = match answer {
+            Ok(v) if v.is_instance_of::<js_sys::Promise>() => {
+                wasm_bindgen_futures::JsFuture::from(js_sys::Promise::from(v)).await
+            }
+            other => other,
+        };
+        match value {
+            Ok(v) if v == JsValue::FALSE => Flow::Stop,
+            Ok(_) => Flow::Continue,
+            Err(_) => Flow::Stop,
+        }
+    })
+}
+
 pub(crate) fn js(e: tastebud_core::Error) -> JsError {
     JsError::new(&e.to_string())
 }
@@ -136,6 +160,8 @@ impl Tastebud {
             clip: None,
             pipeline: None,
             rewards: None,
+            clip_files: None,
+            taste: None,
         })
     }
 
@@ -261,6 +287,177 @@ impl Tastebud {
         Ok(json!({"labels": labels, "scores": scores}).to_string())
     }
 
+    /// Loads a model from the folder URL `base` (ending in `/`), reporting each file's bytes
+    /// to `on_progress({file, loaded, total, source})`. With a `manifest.json` there (the
+    /// shipped shapes models, or a user's folder described the same way) every file is checked
+    /// against it (size, SubtleCrypto sha256) and kept in the Cache API, so a second or offline
+    /// visit loads from there; the generator comes from `generator/` (or the folder itself) and
+    /// the CLIP from `clip/`, which becomes the scoring model and the reward. Without a manifest
+    /// `base` is a diffusers snapshot, fetched as its `model_index.json` names (unchecked,
+    /// uncached). Returns JSON `{files: [{file, bytes, source}], warnings, generator, clip}`.
+    pub async fn load_model(
+        &mut self,
+        base: String,
+        on_progress: Option<js_sys::Function>,
+    ) -> Result<String, JsError> {
+        let base = if base.ends_with('/') {
+            base
+        } else {
+            format!("{base}/")
+        };
+        let mut store = ModelStore::open(on_progress).await;
+        let manifest = fetch_manifest(&mut store, &base)
+            .await
+            .map_err(|e| JsError::new(&e))?;
+        let mut report = Vec::new();
+        let mut generator = ModelFiles::default();
+        let mut clip = ModelFiles::default();
+        let mut note = |name: &str, bytes: &[u8], source: Source| {
+            report.push(json!({"file": name, "bytes": bytes.len(), "source": source.name()}));
+        };
+        match &manifest {
+            Some(manifest) => {
+                let listed = |name: &str| manifest.files.iter().find(|f| f.file == name);
+                let prefix = if listed("generator/model_index.json").is_some() {
+                    "generator/"
+                } else {
+                    ""
+                };
+                let fetch = async |store: &mut ModelStore, name: &str| {
+                    let entry = listed(name).ok_or_else(|| {
+                        JsError::new(&format!("{base}manifest.json does not list {name}"))
+                    })?;
+                    store
+                        .fetch_checked(entry, &format!("{base}{name}"))
+                        .await
+                        .map_err(|e| JsError::new(&e))
+                };
+                let index_name = format!("{prefix}model_index.json");
+                let (index, source) = fetch(&mut store, &index_name).await?;
+                note(&index_name, &index, source);
+                let groups = ModelIndex::parse(&index_name, &index).map_err(js)?.files();
+                generator.insert("model_index.json", index);
+                for group in groups {
+                    let Some(name) = group
+                        .iter()
+                        .find(|n| listed(&format!("{prefix}{n}")).is_some())
+                    else {
+                        continue; // Pipeline::from_files names what is missing
+                    };
+                    let (bytes, source) = fetch(&mut store, &format!("{prefix}{name}")).await?;
+                    note(&format!("{prefix}{name}"), &bytes, source);
+                    generator.insert(name.clone(), bytes);
+                }
+                for name in CLIP_FILES {
+                    if listed(&format!("clip/{name}")).is_some() {
+                        let (bytes, source) = fetch(&mut store, &format!("clip/{name}")).await?;
+                        note(&format!("clip/{name}"), &bytes, source);
+                        clip.insert(*name, bytes);
+                    }
+                }
+            }
+            None => {
+                let index = store
+                    .download("model_index.json", &format!("{base}model_index.json"), None)
+                    .await
+                    .map_err(|e| JsError::new(&e))?
+                    .ok_or_else(|| {
+                        JsError::new(&format!(
+                            "{base} is not a model: it has neither manifest.json nor \
+                             model_index.json"
+                        ))
+                    })?;
+                note("model_index.json", &index, Source::Network);
+                let groups = ModelIndex::parse("model_index.json", &index)
+                    .map_err(js)?
+                    .files();
+                generator.insert("model_index.json", index);
+                for group in groups {
+                    for name in group {
+                        let url = format!("{base}{name}");
+                        let got = store
+                            .download(&name, &url, None)
+                            .await
+                            .map_err(|e| JsError::new(&e))?;
+                        if let Some(bytes) = got {
+                            note(&name, &bytes, Source::Network);
+                            generator.insert(name, bytes);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        generator.origin = base.clone();
+        let mut pipeline = Pipeline::from_files(generator, &self.device.device).map_err(js)?;
+        pipeline.set_buffer_limit(self.device.max_buffer_bytes);
+        let has_clip = clip.iter().next().is_some();
+        if has_clip {
+            clip.origin = format!("{base}clip/");
+            let reward =
+                rewards::load(RewardKind::Clip, clip.clone(), &self.device.device).map_err(js)?;
+            self.clip = Some(Clip::from_files(clip.clone(), &self.device.device).map_err(js)?);
+            self.clip_files = Some(clip);
+            self.taste = None;
+            self.rewards = Some(
+                RewardSet::new(vec![RewardTerm {
+                    label: RewardKind::Clip.name().to_string(),
+                    reward,
+                    weight: RewardKind::Clip.default_weight(),
+                }])
+                .map_err(js)?,
+            );
+        }
+        self.pipeline = Some(pipeline);
+        Ok(json!({
+            "files": report,
+            "warnings": store.warnings,
+            "generator": true,
+            "clip": has_clip,
+        })
+        .to_string())
+    }
+
+    /// Steers `optimize(..., with_taste = true)` by a person's fitted `head` on the model's
+    /// CLIP, mixed with the CLIP's prompt reward: `taste_weight * personal + clip_weight * clip`
+    /// (each reward's default weight when `undefined`; 0 leaves a term out).
+    pub fn set_taste(
+        &mut self,
+        head: &Head,
+        taste_weight: Option<f32>,
+        clip_weight: Option<f32>,
+    ) -> Result<(), JsError> {
+        let clip = self.clip_files.as_ref().ok_or_else(|| {
+            JsError::new("no CLIP loaded with the model: taste needs the model's CLIP (clip/)")
+        })?;
+        let mut terms = Vec::new();
+        let clip_weight = clip_weight.unwrap_or(RewardKind::Clip.default_weight());
+        if clip_weight != 0.0 {
+            terms.push(RewardTerm {
+                label: RewardKind::Clip.name().to_string(),
+                reward: rewards::load(RewardKind::Clip, clip.clone(), &self.device.device)
+                    .map_err(js)?,
+                weight: clip_weight,
+            });
+        }
+        let taste_weight = taste_weight.unwrap_or(RewardKind::Personal.default_weight());
+        if taste_weight != 0.0 {
+            let mut files = clip.clone();
+            let config = head.config()?;
+            let weights = head.weights()?;
+            files.insert(tastebud_core::personal::HEAD_CONFIG, config);
+            files.insert(tastebud_core::personal::HEAD_WEIGHTS, weights);
+            terms.push(RewardTerm {
+                label: RewardKind::Personal.name().to_string(),
+                reward: rewards::load(RewardKind::Personal, files, &self.device.device)
+                    .map_err(js)?,
+                weight: taste_weight,
+            });
+        }
+        self.taste = Some(RewardSet::new(terms).map_err(js)?);
+        Ok(())
+    }
+
     /// Which files of a diffusers snapshot to fetch, given its `model_index.json`: a JSON list
     /// of groups; fetch the first name of each group that exists (relative to the snapshot).
     pub fn pipeline_files(model_index: Vec<u8>) -> Result<String, JsError> {
@@ -332,8 +529,9 @@ impl Tastebud {
     /// ReNO: optimises the initial noise of `prompt`'s image toward the added rewards and
     /// returns the best iterate. `noise`/`seed`/`height`/`width` as for [`Tastebud::generate`]
     /// (one step); `lr`, `grad_clip`, `prior_weight`: ReNO's defaults when `undefined`.
-    /// `on_iteration(json)` gets each iteration (rewards, reward loss, norms, best so far) as
-    /// it finishes; returning `false` stops after that iteration.
+    /// `on_iteration(json, preview)` gets each iteration (rewards, reward loss, norms, best so
+    /// far) as it finishes, with the iteration's image every `preview_every` iterations (and
+    /// the last); returning `false`, or a promise of `false`, stops after that iteration.
     #[allow(clippy::too_many_arguments)]
     pub async fn optimize(
         &mut self,
@@ -347,15 +545,22 @@ impl Tastebud {
         grad_clip: Option<f32>,
         prior_weight: Option<f32>,
         on_iteration: Option<js_sys::Function>,
+        preview_every: Option<usize>,
+        with_taste: Option<bool>,
     ) -> Result<Optimized, JsError> {
         let pipeline = self
             .pipeline
             .as_ref()
             .ok_or_else(|| JsError::new("no pipeline loaded: call load_pipeline first"))?;
-        let rewards = self
-            .rewards
-            .as_mut()
-            .ok_or_else(|| JsError::new("no reward loaded: call add_reward first"))?;
+        let rewards = if with_taste.unwrap_or(false) {
+            self.taste.as_mut().ok_or_else(|| {
+                JsError::new("no taste set: call set_taste with a fitted head first")
+            })?
+        } else {
+            self.rewards
+                .as_mut()
+                .ok_or_else(|| JsError::new("no reward loaded: call add_reward first"))?
+        };
         let noise = match &noise {
             Some(bytes) => Some(Noise::from_bytes("noise", bytes).map_err(js)?),
             None => None,
@@ -375,22 +580,28 @@ impl Tastebud {
             lr: lr.unwrap_or(defaults.lr),
             grad_clip: grad_clip.unwrap_or(defaults.grad_clip),
             prior_weight: prior_weight.unwrap_or(defaults.prior_weight),
+            preview_every,
             seed,
             ..defaults
         };
         let labels: Vec<String> = rewards.terms().iter().map(|t| t.label.clone()).collect();
         let objective =
             NoiseObjective::new(pipeline, rewards, &prompt, &noise.shape, 1, seed).map_err(js)?;
-        let outcome = reno(&objective, noise, &config, &mut |it, _| {
+        let outcome = reno_awaiting(&objective, noise, &config, &mut |it, preview| {
             let Some(f) = &on_iteration else {
-                return Flow::Continue;
+                return Box::pin(std::future::ready(Flow::Continue));
             };
             let event = JsValue::from_str(&json!(it).to_string());
-            match f.call1(&JsValue::NULL, &event) {
-                Ok(v) if v == JsValue::FALSE => Flow::Stop,
-                Ok(_) => Flow::Continue,
-                Err(_) => Flow::Stop,
-            }
+            let preview = match preview {
+                Some(image) => JsValue::from(GeneratedImage::from_rgb(
+                    image.width,
+                    image.height,
+                    &image.pixels,
+                    Vec::new(),
+                )),
+                None => JsValue::UNDEFINED,
+            };
+            answer_flow(f.call2(&JsValue::NULL, &event, &preview))
         })
         .await
         .map_err(js)?;

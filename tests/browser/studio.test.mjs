@@ -1,0 +1,185 @@
+// The demo's Draw and Steer (index.html) through the JS package (web/pkg/tastebud.js, its
+// module worker and the shipped shapes models), in headless Chromium:
+// - the page draws on load, and its picture equals the native CLI's for the same seed within
+//   one level, on the CPU fallback and on WebGPU (SwiftShader);
+// - Steer raises the reward, with live previews; Stop ends a run early with the best so far;
+//   the page's main thread keeps answering while ReNO runs in the worker;
+// - models are verified and cached: a second load comes from the Cache API even with the
+//   model's URLs unreachable; a damaged cached copy is refused and fetched again; a damaged
+//   download fails naming the file and is never cached.
+//
+// Needs: web/pkg (web/build.sh), the native binary in $TASTEBUD_BIN, /usr/bin/chromium.
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { decodePng, useBrowser } from './harness.mjs';
+
+const ctx = useBrowser({ needsCli: true });
+const PROMPT = 'a red circle to the left of a blue square';
+const SEED = 5;
+let native;
+
+before(() => {
+  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tastebud-studio-')), 'native.png');
+  execFileSync(process.env.TASTEBUD_BIN, ['generate', '--prompt', PROMPT, '--seed', String(SEED), '--device', 'cpu',
+    '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+  native = decodePng(fs.readFileSync(out));
+});
+
+// The largest per-channel difference between an RGBA canvas and the native RGB picture.
+function worstDifference(rgba, want) {
+  let worst = 0;
+  for (let i = 0; i < want.width * want.height; i++) {
+    for (let ch = 0; ch < 3; ch++) worst = Math.max(worst, Math.abs(rgba[i * 4 + ch] - want.pixels[i * 3 + ch]));
+  }
+  return worst;
+}
+
+async function studioPage(device) {
+  const page = await ctx.browser.newPage();
+  const logs = [];
+  page.on('pageerror', (e) => logs.push(String(e)));
+  await page.goto(`${ctx.base}/index.html?device=${device}&draw=0`);
+  await page.fill('#draw-seed', String(SEED));
+  await page.click('#draw');
+  await page.waitForFunction(() => document.getElementById('draw').dataset.done
+    || document.getElementById('draw-status').textContent.startsWith('failed'), null, { timeout: 300_000 });
+  return { page, logs };
+}
+
+const canvasPixels = (page, id) => page.$eval(id, (c) => Array.from(c.getContext('2d')
+  .getImageData(0, 0, c.width, c.height).data));
+
+for (const device of ['cpu', 'gpu']) {
+  test(`the demo draws the native CLI's picture on ${device}`, { timeout: 600_000 }, async () => {
+    const { page, logs } = await studioPage(device);
+    try {
+      const status = await page.textContent('#draw-status');
+      assert.match(status, device === 'gpu' ? /drawn in \d+ ms on wgpu/ : /drawn in \d+ ms on flex \(CPU\)/, status);
+      assert.match(status, /model: 19\.\d MB from network/);
+      const pixels = await canvasPixels(page, '#drawn');
+      assert.equal(pixels.length, native.width * native.height * 4);
+      const worst = worstDifference(pixels, native);
+      assert.ok(worst <= 1, `the page's picture differs from the native CLI's by ${worst} on ${device}`);
+      assert.deepEqual(logs, []);
+    } finally {
+      await page.close();
+    }
+  });
+}
+
+test('Steer raises the reward with previews, Stop ends early, the page stays responsive', { timeout: 600_000 },
+  async () => {
+    const { page, logs } = await studioPage('cpu');
+    try {
+      const drawn = await canvasPixels(page, '#drawn');
+      await page.fill('#steer-iterations', '6');
+      // Count main-thread timer ticks while ReNO runs in the worker.
+      await page.evaluate(() => {
+        window.ticks = [];
+        window.ticker = setInterval(() => window.ticks.push(performance.now()), 50);
+      });
+      await page.click('#steer');
+      await page.waitForFunction(() => document.getElementById('steer').dataset.done, null, { timeout: 300_000 });
+      const ticks = await page.evaluate(() => { clearInterval(window.ticker); return window.ticks; });
+      const status = await page.textContent('#steer-status');
+      const [, first, best] = status.match(/reward (-?[\d.]+) -> (-?[\d.]+)/) ?? [];
+      assert.ok(Number(best) > Number(first) + 1, `the reward did not rise: ${status}`);
+      const steered = await canvasPixels(page, '#steered');
+      assert.ok(steered.some((v, i) => Math.abs(v - drawn[i]) > 30), 'the steered picture is the drawn one');
+      const gaps = ticks.slice(1).map((t, i) => t - ticks[i]);
+      assert.ok(ticks.length >= 10, `only ${ticks.length} main-thread ticks during ReNO`);
+      assert.ok(Math.max(...gaps) < 1000, `the main thread froze for ${Math.max(...gaps)} ms`);
+
+      // Stop after the first preview of a long run.
+      await page.fill('#steer-iterations', '200');
+      await page.click('#steer');
+      await page.waitForFunction(() => /^iteration [2-9]/.test(document.getElementById('steer-status').textContent),
+        null, { timeout: 300_000 });
+      await page.click('#steer-stop');
+      await page.waitForFunction(() => document.getElementById('steer').dataset.done !== '6', null,
+        { timeout: 300_000 });
+      const stopped = await page.textContent('#steer-status');
+      assert.match(stopped, /stopped by the caller after iteration \d+/);
+      const ran = Number(await page.$eval('#steer', (b) => b.dataset.done));
+      assert.ok(ran >= 2 && ran < 20, `${ran} iterations ran after Stop`);
+      assert.deepEqual(logs, []);
+    } finally {
+      await page.close();
+    }
+  });
+
+test('models are verified and cached; damaged copies are refused', { timeout: 600_000 }, async () => {
+  const context = await ctx.browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${ctx.base}/tests/browser/blank.html`);
+  const load = (options) => page.evaluate(async (options) => {
+    const { Tastebud } = await import('/web/pkg/tastebud.js');
+    try {
+      const tb = await Tastebud.load({ device: 'cpu', ...options });
+      const image = await tb.generate({ prompt: 'a green triangle', seed: 1 });
+      tb.dispose();
+      return { report: tb.loadReport, sum: image.data.reduce((a, b) => a + b, 0) };
+    } catch (e) {
+      return { error: String(e.message ?? e) };
+    }
+  }, options);
+  const cachedNames = () => page.evaluate(async () => {
+    const cache = await caches.open('tastebud-models-v1');
+    return (await cache.keys()).map((r) => r.url);
+  });
+  try {
+    // A damaged download names the file and is not cached; nothing else is lost.
+    await page.route('**/generator/vae/config.json', async (route) => {
+      const response = await route.fetch();
+      const body = Buffer.from(await response.body());
+      body[10] ^= 1;
+      await route.fulfill({ response, body });
+    });
+    const damaged = await load({});
+    assert.match(damaged.error ?? '', /generator\/vae\/config\.json: damaged download from .*sha256/);
+    assert.ok(!(await cachedNames()).some((u) => u.includes('vae/config.json')));
+    await page.unroute('**/generator/vae/config.json');
+    await page.evaluate(() => caches.delete('tastebud-models-v1'));
+
+    const first = await load({});
+    assert.ok(first.report, first.error);
+    assert.ok(first.report.files.every((f) => f.source === 'network'));
+    assert.deepEqual(first.report.warnings, []);
+
+    // Second load, the model's URLs unreachable: everything from the cache, the same picture.
+    await page.route('**/models/shapes/**', (route) => route.abort('internetdisconnected'));
+    const offline = await load({});
+    assert.ok(offline.report, offline.error);
+    assert.ok(offline.report.files.every((f) => f.source === 'cache'), JSON.stringify(offline.report.files));
+    assert.equal(offline.sum, first.sum);
+    assert.match(offline.report.warnings.join('\n'), /offline .*using the manifest cached on the last visit/);
+    await page.unroute('**/models/shapes/**');
+
+    // A damaged cached copy is refused and fetched again.
+    await page.evaluate(async () => {
+      const cache = await caches.open('tastebud-models-v1');
+      const key = (await cache.keys()).find((r) => r.url.includes('clip/config.json'));
+      const bytes = new Uint8Array(await (await cache.match(key)).arrayBuffer());
+      bytes[5] ^= 1;
+      await cache.put(key, new Response(bytes));
+    });
+    const repaired = await load({});
+    assert.ok(repaired.report, repaired.error);
+    assert.match(repaired.report.warnings.join('\n'), /the cached copy of clip\/config\.json was refused \(sha256/);
+    assert.deepEqual(repaired.report.files.filter((f) => f.source === 'network').map((f) => f.file),
+      ['clip/config.json']);
+    assert.equal(repaired.sum, first.sum);
+
+    // Bad arguments are Errors with clear messages, before any work.
+    const bad = await load({ device: 'tpu' });
+    assert.match(bad.error, /device must be one of auto, gpu, cpu, got tpu/);
+    const missing = await load({ model: '/tests/fixtures/no-such-model/' });
+    assert.match(missing.error, /no-such-model\/ is not a model: it has neither manifest\.json nor model_index\.json/);
+  } finally {
+    await context.close();
+  }
+});

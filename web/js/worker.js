@@ -1,0 +1,172 @@
+// The engine's side of the package: a module worker that owns the wasm module and the device,
+// so the page never freezes. `tastebud.js` talks to it through comlink. Calls run one at a time
+// (the wasm objects are not re-entrant); `stop` jumps the queue, and ReNO yields to this
+// worker's event loop after every iteration so that it is seen.
+import * as Comlink from './comlink.mjs';
+import init, { Head, Tastebud as Engine, merge_preferences } from './tastebud_web.js';
+
+let engine = null;
+let head = null; // the visitor's fitted taste
+let stopRequested = false;
+const encoder = new TextEncoder();
+let queue = Promise.resolve();
+
+// Runs `task` after every call before it has finished.
+function serial(task) {
+  const run = queue.then(task);
+  queue = run.catch(() => {});
+  return run;
+}
+
+const rgbaOf = (image) => new Uint8ClampedArray(image.rgba().buffer);
+
+// A wasm image as a plain object, with the buffers to transfer (not copy) to the page.
+function imageOut(image, metadata, withPng) {
+  const out = { width: image.width, height: image.height, data: rgbaOf(image), metadata };
+  const transfers = [out.data.buffer];
+  if (withPng) {
+    out.png = image.png();
+    transfers.push(out.png.buffer);
+  }
+  image.free();
+  return [out, transfers];
+}
+
+// A picked folder (File objects with webkitRelativePath, or {name, file}) staged into the engine.
+async function loadFolder(files) {
+  const entries = files.map((f) => [f.webkitRelativePath ? f.webkitRelativePath.split('/').slice(1).join('/') : f.name, f]);
+  const byName = new Map(entries);
+  const index = byName.get('model_index.json');
+  if (!index) throw new Error('the picked folder has no model_index.json: pick a diffusers snapshot folder');
+  const indexBytes = new Uint8Array(await index.arrayBuffer());
+  engine.add_file('model_index.json', indexBytes);
+  for (const group of JSON.parse(Engine.pipeline_files(indexBytes))) {
+    const name = group.find((n) => byName.has(n));
+    if (name) engine.add_file(name, new Uint8Array(await byName.get(name).arrayBuffer()));
+  }
+  engine.load_pipeline('picked folder');
+  const clipNames = new Set(Engine.clip_files().map((n) => `clip/${n}`));
+  const clip = entries.filter(([n]) => clipNames.has(n));
+  if (clip.length) {
+    for (const [n, f] of clip) engine.add_file(n.slice(5), new Uint8Array(await f.arrayBuffer()));
+    engine.add_reward('clip', 'picked folder/clip', undefined);
+  }
+  return { files: entries.map(([file, f]) => ({ file, bytes: f.size, source: 'folder' })), warnings: [],
+    generator: true, clip: clip.length > 0 };
+}
+
+const api = {
+  async load({ base, files, device, precision }, onProgress) {
+    return serial(async () => {
+      if (engine) throw new Error('this worker already holds a model: create another Tastebud');
+      await init();
+      engine = await Engine.create(device, precision);
+      const report = files ? await loadFolder(files)
+        : JSON.parse(await engine.load_model(base, onProgress ? (p) => { onProgress(p); } : undefined));
+      return { ...report, device: engine.device, precision };
+    });
+  },
+
+  async generate({ prompt, seed, noise, steps, width, height, png }) {
+    return serial(async () => {
+      const started = performance.now();
+      const image = await engine.generate(prompt, noise, BigInt(seed), steps, height, width);
+      const ms = performance.now() - started;
+      return Comlink.transfer(...imageOut(image, { prompt, seed: noise ? undefined : seed, steps,
+        device: engine.device, ms }, png));
+    });
+  },
+
+  async optimize({ prompt, seed, noise, width, height, iterations, lr, gradClip, priorWeight, previewEvery, png,
+    taste }, onIteration) {
+    return serial(async () => {
+      stopRequested = false;
+      if (taste) {
+        if (!head) throw new Error('no taste fitted yet: answer at least two pairs first');
+        engine.set_taste(head, taste.weight, taste.clipWeight);
+      }
+      const started = performance.now();
+      const forward = (event, preview) => {
+        const it = JSON.parse(event);
+        if (onIteration) {
+          if (preview) {
+            const p = { width: preview.width, height: preview.height, data: rgbaOf(preview) };
+            preview.free();
+            onIteration(Comlink.transfer({ ...it, preview: p }, [p.data.buffer]));
+          } else {
+            onIteration(it);
+          }
+        } else preview?.free();
+        // A macrotask: messages (a stop) that arrived during the iteration are handled first.
+        return new Promise((resolve) => setTimeout(() => resolve(!stopRequested), 0));
+      };
+      const result = await engine.optimize(prompt, noise, BigInt(seed), height, width, iterations, lr, gradClip,
+        priorWeight, forward, previewEvery, Boolean(taste));
+      const report = JSON.parse(result.report());
+      const noiseNpy = result.noise_npy();
+      const [image, transfers] = imageOut(result.image(), { prompt, seed: noise ? undefined : seed, iterations,
+        device: engine.device, ms: performance.now() - started }, png);
+      result.free();
+      return Comlink.transfer({ image, noise: noiseNpy, labels: report.labels, iterations: report.iterations,
+        bestIteration: report.best_iteration, bestScores: report.best_scores, stopped: report.stopped ?? null },
+      [...transfers, noiseNpy.buffer]);
+    });
+  },
+
+  stop() {
+    stopRequested = true;
+  },
+
+  // Candidates for the taste: each seed's picture and its unit CLIP embedding (what heads read).
+  async candidates({ prompt, seeds, steps }) {
+    return serial(async () => {
+      const images = [];
+      const pngs = [];
+      for (const seed of seeds) {
+        const image = await engine.generate(prompt, undefined, BigInt(seed), steps, undefined, undefined);
+        pngs.push(image.png());
+        images.push(imageOut(image, { prompt, seed, steps, device: engine.device }, false));
+      }
+      const flat = await engine.embed_images(pngs);
+      const d = flat.length / seeds.length;
+      const out = images.map(([image], i) => ({ seed: seeds[i], image,
+        embedding: Array.from(flat.subarray(i * d, (i + 1) * d)) }));
+      return Comlink.transfer(out, images.flatMap(([, transfers]) => transfers));
+    });
+  },
+
+  // Fits the visitor's linear head to their preference file (an object); null below two answers.
+  async fitTaste(preferences) {
+    return serial(async () => {
+      head?.free();
+      head = null;
+      if (preferences.records.length < 2) return null;
+      head = await Head.fit(encoder.encode(JSON.stringify(preferences)), 'linear');
+      return JSON.parse(head.description);
+    });
+  },
+
+  async rankTaste(embeddings) {
+    return serial(async () => Array.from(await head.score(new Float32Array(embeddings.flat()))));
+  },
+
+  async nextPair(preferences, embeddings) {
+    return serial(async () => {
+      const next = JSON.parse(await head.next_pair(encoder.encode(JSON.stringify(preferences)),
+        new Float32Array(embeddings.flat())));
+      return [next.first, next.second];
+    });
+  },
+
+  // `current` with `incoming` (bytes) merged in, validated; throws and changes nothing on error.
+  mergePreferences(current, incoming) {
+    const merged = merge_preferences(encoder.encode(JSON.stringify(current)), incoming);
+    return JSON.parse(new TextDecoder().decode(merged));
+  },
+
+  async score({ prompt, image }) {
+    return serial(async () => JSON.parse(await engine.score(prompt, image, undefined)));
+  },
+};
+
+Comlink.expose(api);
