@@ -72,6 +72,15 @@ test('the demo learns a taste from clicks, ranks like the native CLI and steers 
     await page.waitForFunction(() => document.getElementById('taste-status').textContent.startsWith('import refused'));
     assert.match(await page.textContent('#taste-status'), /dimension 2/);
     assert.equal(await page.evaluate(() => localStorage.getItem('tastebud-preferences')), stored);
+
+    // So is a file from another model, even with embeddings of the same size.
+    const other = path.join(dir, 'other.json');
+    fs.writeFileSync(other, JSON.stringify({ ...prefs, embedding_model: 'openai/clip-vit-large-patch14' }));
+    await page.setInputFiles('#import', other);
+    await page.waitForFunction(() => /from `openai/.test(document.getElementById('taste-status').textContent));
+    assert.match(await page.textContent('#taste-status'),
+      /import refused, nothing changed: .*its embeddings come from `openai\/clip-vit-large-patch14`, this store's from `tastebud\/shapes-clip`/);
+    assert.equal(await page.evaluate(() => localStorage.getItem('tastebud-preferences')), stored);
   } catch (e) {
     throw new Error(`${e}\n${logs.join('\n')}`);
   } finally {

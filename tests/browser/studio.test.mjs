@@ -6,7 +6,7 @@
 //   the page's main thread keeps answering while ReNO runs in the worker;
 // - models are verified and cached: a second load comes from the Cache API even with the
 //   model's URLs unreachable; a damaged cached copy is refused and fetched again; a damaged
-//   download fails naming the file and is never cached.
+//   download fails naming the file and is never cached; a full cache (quota) loses nothing.
 //
 // Needs: web/pkg (web/build.sh), the native binary in $TASTEBUD_BIN, /usr/bin/chromium.
 import { test, before } from 'node:test';
@@ -15,7 +15,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { decodePng, useBrowser } from './harness.mjs';
+import { decodePng, fixtures, useBrowser } from './harness.mjs';
 
 const ctx = useBrowser({ needsCli: true });
 const PROMPT = 'a red circle to the left of a blue square';
@@ -174,6 +174,28 @@ test('models are verified and cached; damaged copies are refused', { timeout: 60
       ['clip/config.json']);
     assert.equal(repaired.sum, first.sum);
 
+    // A full cache (quota exceeded) loses nothing: the model loads and draws, and says so.
+    const quota = await page.evaluate(async () => {
+      await caches.delete('tastebud-models-v1');
+      const { default: init, Tastebud: Engine } = await import('/web/pkg/tastebud_web.js');
+      await init();
+      const put = Cache.prototype.put;
+      Cache.prototype.put = () => Promise.reject(new DOMException('The quota has been exceeded.', 'QuotaExceededError'));
+      try {
+        const engine = await Engine.create('cpu');
+        const report = JSON.parse(await engine.load_model('/web/pkg/models/shapes/'));
+        const image = await engine.generate('a green triangle', undefined, 1n, 1);
+        return { report, sum: image.rgba().reduce((a, b) => a + b, 0),
+          cached: (await (await caches.open('tastebud-models-v1')).keys()).length };
+      } finally {
+        Cache.prototype.put = put;
+      }
+    });
+    assert.equal(quota.sum, first.sum);
+    assert.equal(quota.cached, 0);
+    assert.match(quota.report.warnings.join('\n'),
+      /generator\/unet\/diffusion_pytorch_model\.safetensors was not cached \(The quota has been exceeded\.\)/);
+
     // Bad arguments are Errors with clear messages, before any work.
     const bad = await load({ device: 'tpu' });
     assert.match(bad.error, /device must be one of auto, gpu, cpu, got tpu/);
@@ -183,3 +205,37 @@ test('models are verified and cached; damaged copies are refused', { timeout: 60
     await context.close();
   }
 });
+
+test("a user's diffusers snapshot by URL (no manifest) loads through the package and matches diffusers",
+  { timeout: 600_000 }, async () => {
+    const c = JSON.parse(fs.readFileSync(path.join(fixtures, 'reference.json'))).pipelines[1]; // sd-turbo-tiny
+    const page = await ctx.browser.newPage();
+    await page.goto(`${ctx.base}/tests/browser/blank.html`);
+    try {
+      const got = await page.evaluate(async (c) => {
+        const { Tastebud } = await import('/web/pkg/tastebud.js');
+        const tb = await Tastebud.load({ model: `/tests/fixtures/${c.model}`, device: 'cpu' });
+        const noise = new Uint8Array(await (await fetch(`/tests/fixtures/${c.noise}`)).arrayBuffer());
+        const image = await tb.generate({ prompt: c.prompt, noise, steps: c.steps, width: c.width, height: c.height });
+        let refused = null;
+        try {
+          await tb.optimize({ prompt: c.prompt, noise, iterations: 2 });
+        } catch (e) {
+          refused = String(e.message ?? e);
+        }
+        tb.dispose();
+        return { report: tb.loadReport, width: image.width, height: image.height, rgba: Array.from(image.data), refused };
+      }, c);
+      assert.equal(got.report.clip, false);
+      assert.ok(got.report.files.every((f) => f.source === 'network'));
+      assert.ok(got.report.files.some((f) => f.file === 'unet/diffusion_pytorch_model.safetensors'));
+      const want = decodePng(fs.readFileSync(path.join(fixtures, c.image)));
+      assert.deepEqual([got.width, got.height], [want.width, want.height]);
+      const worst = worstDifference(got.rgba, want);
+      assert.ok(worst <= 1, `differs from diffusers by ${worst}`);
+      // No CLIP came with it: steering says what is missing.
+      assert.match(got.refused, /no reward to steer toward: the model came without a CLIP/);
+    } finally {
+      await page.close();
+    }
+  });

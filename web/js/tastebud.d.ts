@@ -106,6 +106,8 @@ export declare class Tastebud {
   optimize(options: OptimizeOptions): Promise<Optimized>;
   score(options: { prompt: string; image: Uint8Array }): Promise<{ cosine: number; logit: number }>;
   taste(options?: { preferences?: PreferenceFile }): Taste;
+  /** False once the engine has crashed (a panic, a lost GPU device): load a new one. */
+  alive(): Promise<boolean>;
   dispose(): void;
 }
 

@@ -152,6 +152,11 @@ export class Tastebud {
     return new Taste(this.#remote, preferences);
   }
 
+  /** False once the engine has crashed (a panic, a lost GPU device): load a new one. */
+  async alive() {
+    return this.#remote.alive();
+  }
+
   /** Stops the worker and frees the device. */
   dispose() {
     this.#remote[Comlink.releaseProxy]?.();

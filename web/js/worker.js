@@ -11,9 +11,23 @@ let stopRequested = false;
 const encoder = new TextEncoder();
 let queue = Promise.resolve();
 
+// Set when the wasm module trapped (a panic, a lost GPU device): its state is gone, so every
+// later call says so instead of failing strangely.
+let crashed = null;
+
 // Runs `task` after every call before it has finished.
 function serial(task) {
-  const run = queue.then(task);
+  const run = queue.then(() => {
+    if (crashed) throw new Error(crashed);
+    return task();
+  }).catch((e) => {
+    if (e instanceof WebAssembly.RuntimeError) {
+      crashed = `the engine crashed (${e.message}); load the model again with Tastebud.load ` +
+        '(it comes from the cache in about a second)';
+      throw new Error(crashed);
+    }
+    throw e;
+  });
   queue = run.catch(() => {});
   return run;
 }
@@ -115,6 +129,11 @@ const api = {
 
   stop() {
     stopRequested = true;
+  },
+
+  // Whether the engine can still run (false after a crash; load again).
+  alive() {
+    return crashed === null;
   },
 
   // Candidates for the taste: each seed's picture and its unit CLIP embedding (what heads read).

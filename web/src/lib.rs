@@ -391,6 +391,22 @@ impl Tastebud {
         generator.origin = base.clone();
         let mut pipeline = Pipeline::from_files(generator, &self.device.device).map_err(js)?;
         pipeline.set_buffer_limit(self.device.max_buffer_bytes);
+        // Said up front, not at the first picture: the model's own size does not fit this
+        // device's buffers (SD's VAE at 512 px needs 256 MiB; WebGPU often allows 128 MiB).
+        let probe = Request {
+            prompt: String::new(),
+            noise: None,
+            seed: 0,
+            steps: 1,
+            height: None,
+            width: None,
+        };
+        if let Err(e) = pipeline.prepare(&probe) {
+            store.warnings.push(format!(
+                "at its own size this model does not fit {}: {e}",
+                self.device.describe()
+            ));
+        }
         let has_clip = clip.iter().next().is_some();
         if has_clip {
             clip.origin = format!("{base}clip/");
@@ -557,9 +573,13 @@ impl Tastebud {
                 JsError::new("no taste set: call set_taste with a fitted head first")
             })?
         } else {
-            self.rewards
-                .as_mut()
-                .ok_or_else(|| JsError::new("no reward loaded: call add_reward first"))?
+            self.rewards.as_mut().ok_or_else(|| {
+                JsError::new(
+                    "no reward to steer toward: the model came without a CLIP (a clip/ folder \
+                     beside generator/, listed in its manifest.json) and none was added \
+                     (add_reward)",
+                )
+            })?
         };
         let noise = match &noise {
             Some(bytes) => Some(Noise::from_bytes("noise", bytes).map_err(js)?),
