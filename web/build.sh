@@ -4,7 +4,8 @@
 # own ES modules (web/js: the API, its worker, types), comlink (vendored: a worker cannot see
 # the page's import map) and the shipped shapes models (`model: 'default'`).
 # Needs the wasm32-unknown-unknown target, wasm-bindgen-cli at the wasm-bindgen crate's version
-# (tests/run.sh installs both) and npm. `npm pack web/pkg` makes the tarball.
+# (tests/run.sh installs both) and npm. `npm pack web/pkg` makes the tarball; `dist/` is the
+# demo as a static site (index.html, its service worker at the root, web/pkg/) to host anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
@@ -33,3 +34,9 @@ node -e '
     fs.copyFileSync(`models/shapes/${file}`, `web/pkg/models/shapes/${file}`);
   }'
 
+# The demo site: the page, its service worker at the root (so it controls the page: offline
+# after the first visit) and the package.
+rm -rf dist && mkdir -p dist/web
+cp index.html dist/
+cp web/js/sw.js dist/
+cp -r web/pkg dist/web/pkg

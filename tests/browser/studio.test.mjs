@@ -112,6 +112,22 @@ test('Steer raises the reward with previews, Stop ends early, the page stays res
     }
   });
 
+test('Steer on WebGPU raises the reward', { timeout: 600_000 }, async () => {
+  const { page, logs } = await studioPage('gpu');
+  try {
+    await page.fill('#steer-iterations', '2');
+    await page.click('#steer');
+    await page.waitForFunction(() => document.getElementById('steer').dataset.done
+      || document.getElementById('steer-status').textContent.startsWith('failed'), null, { timeout: 300_000 });
+    const status = await page.textContent('#steer-status');
+    const [, first, best] = status.match(/reward (-?[\d.]+) -> (-?[\d.]+)/) ?? [];
+    assert.ok(Number(best) > Number(first), `the reward did not rise on WebGPU: ${status}`);
+    assert.deepEqual(logs, []);
+  } finally {
+    await page.close();
+  }
+});
+
 test('models are verified and cached; damaged copies are refused', { timeout: 600_000 }, async () => {
   const context = await ctx.browser.newContext();
   const page = await context.newPage();
