@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 use crate::noise::Noise;
-use crate::reno::{Flow, NoiseObjective, RenoConfig, reno};
+use crate::reno::{Flow, FlowFuture, NoiseObjective, RenoConfig, reno_awaiting};
 use crate::rewards::ImageScores;
 use crate::{Error, Result};
 
@@ -75,7 +75,7 @@ struct Tracker<'a> {
     best: Option<(Vec<f32>, String, ImageScores)>,
     steps: Vec<SearchStep>,
     spent: f32,
-    on_step: &'a mut dyn FnMut(&SearchStep) -> Flow,
+    on_step: &'a mut dyn FnMut(&SearchStep) -> FlowFuture,
     stopped: Option<String>,
 }
 
@@ -91,16 +91,16 @@ impl Tracker<'_> {
         }
     }
 
-    /// Reports a step that cost `cost`; `best_elsewhere` is a better loss known outside the
-    /// tracker (a ReNO run's best so far). Returns [`Flow::Stop`] when the caller asked.
-    fn observe(
+    /// Records a step that cost `cost` and returns the caller's answer to it, to be awaited;
+    /// `best_elsewhere` is a better loss known outside the tracker (a ReNO run's best so far).
+    fn push_step(
         &mut self,
         origin: String,
         scores: &ImageScores,
         cost: f32,
         best_elsewhere: f32,
         proxy: bool,
-    ) -> Flow {
+    ) -> FlowFuture {
         self.spent += cost;
         let step = SearchStep {
             index: self.steps.len(),
@@ -113,6 +113,21 @@ impl Tracker<'_> {
         };
         let flow = (self.on_step)(&step);
         self.steps.push(step);
+        flow
+    }
+
+    /// Reports a step (see [`Tracker::push_step`]); [`Flow::Stop`] when the caller asked.
+    async fn observe(
+        &mut self,
+        origin: String,
+        scores: &ImageScores,
+        cost: f32,
+        best_elsewhere: f32,
+        proxy: bool,
+    ) -> Flow {
+        let flow = self
+            .push_step(origin, scores, cost, best_elsewhere, proxy)
+            .await;
         if flow == Flow::Stop {
             self.stopped = Some(format!(
                 "stopped by the caller after step {}",
@@ -123,9 +138,11 @@ impl Tracker<'_> {
     }
 
     /// Records a scored noise; false when the caller asked to stop.
-    fn record(&mut self, z: &[f32], origin: String, scores: &ImageScores, cost: f32) -> bool {
+    async fn record(&mut self, z: &[f32], origin: String, scores: &ImageScores, cost: f32) -> bool {
         self.offer(z, origin.clone(), scores);
-        self.observe(origin, scores, cost, f32::INFINITY, false) == Flow::Continue
+        self.observe(origin, scores, cost, f32::INFINITY, false)
+            .await
+            == Flow::Continue
     }
 
     fn finish(self) -> Result<SearchOutcome> {
@@ -177,9 +194,13 @@ async fn score_seeds(
             let go_on = match proxy_cost {
                 Some(cost) => {
                     let origin = format!("seed {seed} (proxy)");
-                    tracker.observe(origin, s, cost, f32::INFINITY, true) == Flow::Continue
+                    tracker.observe(origin, s, cost, f32::INFINITY, true).await == Flow::Continue
                 }
-                None => tracker.record(&z, format!("seed {seed}"), s, FORWARD_COST),
+                None => {
+                    tracker
+                        .record(&z, format!("seed {seed}"), s, FORWARD_COST)
+                        .await
+                }
             };
             scored.push((z, seed, s.loss));
             if !go_on {
@@ -199,6 +220,21 @@ pub async fn search(
     method: &Method,
     budget: f32,
     on_step: &mut dyn FnMut(&SearchStep) -> Flow,
+) -> Result<SearchOutcome> {
+    search_awaiting(objective, shape, seed, method, budget, &mut |step| {
+        Box::pin(std::future::ready(on_step(step)))
+    })
+    .await
+}
+
+/// [`search`] whose caller answers each step with a future (see [`reno_awaiting`]).
+pub async fn search_awaiting(
+    objective: &NoiseObjective<'_>,
+    shape: &[usize],
+    seed: u64,
+    method: &Method,
+    budget: f32,
+    on_step: &mut dyn FnMut(&SearchStep) -> FlowFuture,
 ) -> Result<SearchOutcome> {
     if !(budget.is_finite() && budget > 0.0) {
         return Err(Error::argument(
@@ -244,7 +280,9 @@ pub async fn search(
                 .evaluate_batch(std::slice::from_ref(&pivot))
                 .await?;
             let mut pivot_loss = start[0].loss;
-            let mut go_on = tracker.record(&pivot, "pivot".into(), &start[0], FORWARD_COST);
+            let mut go_on = tracker
+                .record(&pivot, "pivot".into(), &start[0], FORWARD_COST)
+                .await;
             // The perturbations come from a stream of their own, after the pivot's seed.
             let mut rng = crate::noise::Rng::new(seed ^ 0x005E_ED0F_2E20);
             let keep = (1.0 - step * step).sqrt();
@@ -266,7 +304,7 @@ pub async fn search(
                 let mut best_round: Option<usize> = None;
                 for (i, s) in scores.iter().enumerate() {
                     let origin = format!("round {round} neighbour {i}");
-                    go_on = tracker.record(&zs[i], origin, s, FORWARD_COST) && go_on;
+                    go_on = tracker.record(&zs[i], origin, s, FORWARD_COST).await && go_on;
                     if s.loss < best_round.map_or(pivot_loss, |b| scores[b].loss) {
                         best_round = Some(i);
                     }
@@ -352,14 +390,15 @@ pub async fn search(
                     values: z,
                     shape: shape.to_vec(),
                 };
-                let outcome = reno(objective, noise, &config, &mut |it, _| {
+                let outcome = reno_awaiting(objective, noise, &config, &mut |it, _| {
                     let cost = if it.grad_norm.is_some() {
                         per_iteration
                     } else {
                         FORWARD_COST
                     };
                     let origin = format!("seed {start_seed} iteration {}", it.iteration);
-                    tracker.observe(
+                    // A stop ends this run; its `stopped` is carried over below.
+                    tracker.push_step(
                         origin,
                         &ImageScores::new(it.rewards.clone(), &weights, it.reward_loss),
                         cost,

@@ -112,6 +112,31 @@ test('Steer raises the reward with previews, Stop ends early, the page stays res
     }
   });
 
+test('best-of-N in the page picks the native CLI\'s seed and picture at the same budget', { timeout: 600_000 },
+  async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tastebud-best-of-n-'));
+    const report = JSON.parse(execFileSync(process.env.TASTEBUD_BIN, ['optimize', '--prompt', PROMPT, '--seed',
+      String(SEED), '--method', 'best-of-n', '--budget', '7', '--device', 'cpu', '--out', path.join(dir, 'best.png'),
+      '--json'], { stdio: ['ignore', 'pipe', 'pipe'] }));
+    const want = decodePng(fs.readFileSync(path.join(dir, 'best.png')));
+    const { page, logs } = await studioPage('cpu');
+    try {
+      await page.fill('#steer-iterations', '3'); // ReNO-3's cost: 7 forward passes
+      await page.selectOption('#steer-method', 'best-of-n');
+      await page.click('#steer');
+      await page.waitForFunction(() => document.getElementById('steer').dataset.done
+        || document.getElementById('steer-status').textContent.startsWith('failed'), null, { timeout: 300_000 });
+      const status = await page.textContent('#steer-status');
+      assert.ok(status.includes(`(best: ${report.best})`), `${status} (native: ${report.best})`);
+      assert.equal(await page.$eval('#steer', (b) => b.dataset.done), '7');
+      const worst = worstDifference(await canvasPixels(page, '#steered'), want);
+      assert.ok(worst <= 1, `the page's best-of-N picture differs from the native CLI's by ${worst}`);
+      assert.deepEqual(logs, []);
+    } finally {
+      await page.close();
+    }
+  });
+
 test('Steer on WebGPU raises the reward', { timeout: 600_000 }, async () => {
   const { page, logs } = await studioPage('gpu');
   try {
@@ -211,6 +236,11 @@ test('models are verified and cached; damaged copies are refused', { timeout: 60
     assert.equal(quota.cached, 0);
     assert.match(quota.report.warnings.join('\n'),
       /generator\/unet\/diffusion_pytorch_model\.safetensors was not cached \(The quota has been exceeded\.\)/);
+
+    // 'auto' on a machine whose only WebGPU adapter is software: the CPU, and it says why.
+    const auto = await load({ device: 'auto' });
+    assert.ok(auto.report, auto.error);
+    assert.match(auto.report.device, /^flex \(CPU\) \(auto: (no hardware GPU adapter found|wgpu chose software)/);
 
     // Bad arguments are Errors with clear messages, before any work.
     const bad = await load({ device: 'tpu' });

@@ -68,9 +68,13 @@ export interface Iteration {
 }
 
 export interface OptimizeOptions extends Omit<GenerateOptions, 'steps'> {
-  /** Only 'reno' in the browser so far. */
-  method?: 'reno';
+  /** ReNO (gradients), or a search over noises at the same compute. */
+  method?: 'reno' | 'best-of-n' | 'zero-order';
   iterations?: number;
+  /** Search methods: forward passes to spend (default: ReNO's cost at `iterations`, 3 per gradient step). */
+  budget?: number;
+  /** best-of-n: candidates scored together. */
+  batch?: number;
   lr?: number;
   gradClip?: number;
   priorWeight?: number;
@@ -95,6 +99,9 @@ export interface Optimized {
   bestScores: unknown;
   /** Why the run ended early, if it did (a stop, a non-finite loss). */
   stopped: string | null;
+  /** Search methods: forward passes spent, and where the best noise came from ("seed 12"). */
+  spent?: number;
+  bestOrigin?: string;
 }
 
 export declare class Tastebud {

@@ -10,6 +10,7 @@ import * as Comlink from './comlink.mjs';
 
 const DEVICES = ['auto', 'gpu', 'cpu'];
 const PRECISIONS = ['f32', 'f16'];
+const METHODS = ['reno', 'best-of-n', 'zero-order'];
 
 function check(condition, message) {
   if (!condition) throw new TypeError(message);
@@ -107,17 +108,24 @@ export class Tastebud {
   }
 
   /**
-   * ReNO toward the model's reward (the shipped CLIP): returns the best iterate as
+   * ReNO toward the model's reward (the shipped CLIP), or a search under ReNO's compute
+   * (`method: 'best-of-n' | 'zero-order'`, `budget` in forward passes; its steps arrive as
+   * iterations): returns the best as
    * `{ image, noise (.npy bytes), iterations, bestIteration, bestScores, labels, stopped }`.
    * `onIteration(event)` sees every iteration (rewards, loss, best so far) and, every
    * `previewEvery` iterations, a `preview` image; `signal` (an AbortSignal) stops after the
    * running iteration and still returns the best so far.
    */
-  async optimize({ prompt, seed = 0, noise, width, height, method = 'reno', iterations = 20, lr, gradClip,
-    priorWeight, previewEvery = 5, onIteration, signal, png = false, taste, tasteWeight, clipWeight } = {}) {
+  async optimize({ prompt, seed = 0, noise, width, height, method = 'reno', iterations = 20, budget, batch, lr,
+    gradClip, priorWeight, previewEvery = 5, onIteration, signal, png = false, taste, tasteWeight,
+    clipWeight } = {}) {
     check(typeof prompt === 'string', 'prompt must be a string');
     check(taste === undefined || taste instanceof Taste, 'taste must be a Taste from tb.taste()');
-    check(method === 'reno', `method ${method} is not available in the browser yet (only 'reno')`);
+    check(METHODS.includes(method), `method must be one of ${METHODS.join(', ')}, got ${method}`);
+    check(method === 'reno' || noise === undefined, `${method} draws its own noises from seed: pass seed, not noise`);
+    iterations = whole(iterations, 'iterations', 20, 1);
+    // Search methods get ReNO's cost at this many iterations unless told (a gradient pass is 3).
+    budget = budget === undefined ? 3 * (iterations - 1) + 1 : optionalNumber(budget, 'budget');
     check(onIteration === undefined || typeof onIteration === 'function', 'onIteration must be a function');
     const stop = () => this.#remote.stop();
     signal?.addEventListener('abort', stop);
@@ -125,7 +133,7 @@ export class Tastebud {
       if (signal?.aborted) throw new DOMException('optimize was aborted before it started', 'AbortError');
       return await this.#remote.optimize({ prompt, seed: whole(seed, 'seed', 0), noise: noiseBytes(noise),
         width: whole(width, 'width', undefined, 1), height: whole(height, 'height', undefined, 1),
-        iterations: whole(iterations, 'iterations', 20, 1), lr: optionalNumber(lr, 'lr'),
+        method, iterations, budget, batch: whole(batch, 'batch', undefined, 1), lr: optionalNumber(lr, 'lr'),
         gradClip: optionalNumber(gradClip, 'gradClip'), priorWeight: optionalNumber(priorWeight, 'priorWeight'),
         previewEvery: whole(previewEvery, 'previewEvery', 5, 0) || undefined, png: Boolean(png),
         taste: taste && { weight: optionalNumber(tasteWeight, 'tasteWeight'),

@@ -91,8 +91,8 @@ const api = {
     });
   },
 
-  async optimize({ prompt, seed, noise, width, height, iterations, lr, gradClip, priorWeight, previewEvery, png,
-    taste }, onIteration) {
+  async optimize({ prompt, seed, noise, width, height, method, iterations, budget, batch, lr, gradClip, priorWeight,
+    previewEvery, png, taste }, onIteration) {
     return serial(async () => {
       stopRequested = false;
       if (taste) {
@@ -114,15 +114,25 @@ const api = {
         // A macrotask: messages (a stop) that arrived during the iteration are handled first.
         return new Promise((resolve) => setTimeout(() => resolve(!stopRequested), 0));
       };
-      const result = await engine.optimize(prompt, noise, BigInt(seed), height, width, iterations, lr, gradClip,
-        priorWeight, forward, previewEvery, Boolean(taste));
+      const result = method === 'reno'
+        ? await engine.optimize(prompt, noise, BigInt(seed), height, width, iterations, lr, gradClip,
+          priorWeight, forward, previewEvery, Boolean(taste))
+        : await engine.explore(prompt, BigInt(seed), height, width, method, budget, batch,
+          (step) => forward(JSON.stringify({ ...JSON.parse(step), iteration: JSON.parse(step).index })),
+          Boolean(taste));
       const report = JSON.parse(result.report());
+      if (method !== 'reno') {
+        // Search steps read like iterations: `iteration` is the step's index.
+        report.iterations = report.steps.map((step) => ({ ...step, iteration: step.index }));
+        report.best_iteration = report.steps.findIndex((step) => step.origin === report.best_origin);
+      }
       const noiseNpy = result.noise_npy();
       const [image, transfers] = imageOut(result.image(), { prompt, seed: noise ? undefined : seed, iterations,
         device: engine.device, ms: performance.now() - started }, png);
       result.free();
       return Comlink.transfer({ image, noise: noiseNpy, labels: report.labels, iterations: report.iterations,
-        bestIteration: report.best_iteration, bestScores: report.best_scores, stopped: report.stopped ?? null },
+        bestIteration: report.best_iteration, bestScores: report.best_scores, stopped: report.stopped ?? null,
+        spent: report.spent, bestOrigin: report.best_origin },
       [...transfers, noiseNpy.buffer]);
     });
   },

@@ -11,6 +11,7 @@ use tastebud_core::pipeline::{ModelIndex, Pipeline, Request, to_rgb8};
 use tastebud_core::preprocess::{ImageFile, PreprocessChoice, decode_image};
 use tastebud_core::reno::{Flow, FlowFuture, NoiseObjective, RenoConfig, reno_awaiting};
 use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
+use tastebud_core::search::{Method, search_awaiting};
 use tastebud_core::{ComputeDevice, DeviceChoice, ModelFiles, Precision, device};
 use wasm_bindgen::prelude::*;
 
@@ -135,6 +136,27 @@ fn answer_flow(answer: Result<JsValue, JsValue>) -> FlowFuture {
             Err(_) => Flow::Stop,
         }
     })
+}
+
+/// The rewards a run steers toward: the model's (and added) rewards, or the taste's set.
+fn steering_rewards<'a>(
+    rewards: &'a mut Option<RewardSet>,
+    taste: &'a mut Option<RewardSet>,
+    with_taste: Option<bool>,
+) -> Result<&'a mut RewardSet, JsError> {
+    if with_taste.unwrap_or(false) {
+        taste
+            .as_mut()
+            .ok_or_else(|| JsError::new("no taste set: call set_taste with a fitted head first"))
+    } else {
+        rewards.as_mut().ok_or_else(|| {
+            JsError::new(
+                "no reward to steer toward: the model came without a CLIP (a clip/ folder \
+                 beside generator/, listed in its manifest.json) and none was added \
+                 (add_reward)",
+            )
+        })
+    }
 }
 
 pub(crate) fn js(e: tastebud_core::Error) -> JsError {
@@ -568,19 +590,7 @@ impl Tastebud {
             .pipeline
             .as_ref()
             .ok_or_else(|| JsError::new("no pipeline loaded: call load_pipeline first"))?;
-        let rewards = if with_taste.unwrap_or(false) {
-            self.taste.as_mut().ok_or_else(|| {
-                JsError::new("no taste set: call set_taste with a fitted head first")
-            })?
-        } else {
-            self.rewards.as_mut().ok_or_else(|| {
-                JsError::new(
-                    "no reward to steer toward: the model came without a CLIP (a clip/ folder \
-                     beside generator/, listed in its manifest.json) and none was added \
-                     (add_reward)",
-                )
-            })?
-        };
+        let rewards = steering_rewards(&mut self.rewards, &mut self.taste, with_taste)?;
         let noise = match &noise {
             Some(bytes) => Some(Noise::from_bytes("noise", bytes).map_err(js)?),
             None => None,
@@ -646,6 +656,100 @@ impl Tastebud {
             "iterations": outcome.trajectory,
             "best_iteration": outcome.best_iteration,
             "best_scores": best.scores,
+            "stopped": outcome.stopped,
+        });
+        Ok(Optimized {
+            report: report.to_string(),
+            noise: outcome.best_noise.to_npy(),
+            image: GeneratedImage::from_rgb(image.width, image.height, &image.pixels, png),
+        })
+    }
+
+    /// Exploration under a budget of generator+reward forward passes (a ReNO iteration costs
+    /// 3), toward the same rewards as [`Tastebud::optimize`]: `method` is `"best-of-n"` (seeds
+    /// `seed`, `seed + 1`, ... scored `batch` at a time, default 1) or `"zero-order"` (four
+    /// neighbours a round around a moving pivot, step 0.2, the CLI's defaults). `on_step(json)`
+    /// sees every scored noise; returning `false`, or a promise of `false`, stops. Returns the
+    /// best image, its noise and JSON `{labels, steps, best_origin, best_scores, spent, stopped}`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn explore(
+        &mut self,
+        prompt: String,
+        seed: u64,
+        height: Option<usize>,
+        width: Option<usize>,
+        method: String,
+        budget: f32,
+        batch: Option<usize>,
+        on_step: Option<js_sys::Function>,
+        with_taste: Option<bool>,
+    ) -> Result<Optimized, JsError> {
+        let pipeline = self
+            .pipeline
+            .as_ref()
+            .ok_or_else(|| JsError::new("no pipeline loaded: call load_pipeline first"))?;
+        let rewards = steering_rewards(&mut self.rewards, &mut self.taste, with_taste)?;
+        let method = match method.as_str() {
+            "best-of-n" => Method::BestOfN {
+                batch: batch.unwrap_or(1).max(1),
+            },
+            "zero-order" => Method::ZeroOrder {
+                neighbours: 4,
+                step: 0.2,
+            },
+            other => {
+                return Err(JsError::new(&format!(
+                    "method {other}: the browser explores with best-of-n or zero-order"
+                )));
+            }
+        };
+        let request = Request {
+            prompt: prompt.clone(),
+            noise: None,
+            seed,
+            steps: 1,
+            height,
+            width,
+        };
+        let (_, _, noise) = pipeline.prepare(&request).map_err(js)?;
+        let labels: Vec<String> = rewards.terms().iter().map(|t| t.label.clone()).collect();
+        let objective =
+            NoiseObjective::new(pipeline, rewards, &prompt, &noise.shape, 1, seed).map_err(js)?;
+        let outcome = search_awaiting(
+            &objective,
+            &noise.shape,
+            seed,
+            &method,
+            budget,
+            &mut |step| match &on_step {
+                Some(f) => answer_flow(
+                    f.call1(&JsValue::NULL, &JsValue::from_str(&json!(step).to_string())),
+                ),
+                None => Box::pin(std::future::ready(Flow::Continue)),
+            },
+        )
+        .await
+        .map_err(js)?;
+        let best = objective
+            .evaluate(&outcome.best_noise.values, false)
+            .await
+            .map_err(js)?;
+        let image = to_rgb8(best.image).await.map_err(js)?;
+        let png = image
+            .to_png(&[
+                ("prompt", prompt),
+                ("model", pipeline.origin.clone()),
+                ("noise", outcome.best_origin.clone()),
+                ("software", "tastebud (browser)".to_string()),
+            ])
+            .map_err(js)?;
+        let report = json!({
+            "labels": labels,
+            "method": method,
+            "steps": outcome.steps,
+            "best_origin": outcome.best_origin,
+            "best_scores": best.scores,
+            "spent": outcome.spent,
             "stopped": outcome.stopped,
         });
         Ok(Optimized {
