@@ -811,3 +811,111 @@ fn ctrl_c_stops_optimize_and_keeps_the_best() {
     assert!((3..2000).contains(&done), "{done} iterations");
     assert!(image::open(&out_path).is_ok());
 }
+
+/// `quantize` writes a snapshot whose weights are GGUF (q8_0: every 2-D+ tensor whose rows
+/// fill blocks, 3x3 convolutions along their flattened inputs), which `generate` loads like any
+/// snapshot: q8_0 stays within two levels of diffusers' f32 image, q4_0 within 16 (tiny random
+/// weights; the trained model's figures are in BENCHMARKS.md). Bad requests are refused.
+#[test]
+fn quantize_writes_gguf_snapshots_that_generate() {
+    let case = &reference_json()["pipelines"][1]; // sd-turbo-tiny, 48x40
+    let model = fixture(case["model"].as_str().unwrap());
+    let (_, _, want) = fixture_png(case["image"].as_str().unwrap());
+    // Measured: q8_0 1 level at most, q4_0 8 (mean 0.97).
+    for (kind, bound) in [("q8_0", 2), ("q4_0", 16)] {
+        let dir =
+            std::env::temp_dir().join(format!("tastebud-quantize-{}-{kind}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = tastebud(&[
+            "quantize",
+            "--model",
+            &model,
+            "--to",
+            kind,
+            "--out",
+            &dir.display().to_string(),
+            "--json",
+        ]);
+        assert!(out.status.success(), "{kind}: {}", stderr(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            report["bytes_after"].as_u64() < report["bytes_before"].as_u64(),
+            "{report}"
+        );
+        assert!(dir.join("unet/diffusion_pytorch_model.gguf").is_file());
+        assert!(
+            !dir.join("unet/diffusion_pytorch_model.safetensors")
+                .exists()
+        );
+        assert!(dir.join("model_index.json").is_file() && dir.join("unet/config.json").is_file());
+        let tensors = report["tensors"].as_array().unwrap();
+        let conv = tensors
+            .iter()
+            .find(|t| t["tensor"]["name"] == "up_blocks.0.resnets.0.conv1.weight") // [16, 32, 3, 3]
+            .unwrap();
+        assert_eq!(conv["tensor"]["stored_as"], kind, "{conv}");
+        let bias = tensors
+            .iter()
+            .find(|t| t["tensor"]["name"] == "conv_in.bias")
+            .unwrap();
+        assert!(
+            bias["tensor"]["kept"]
+                .as_str()
+                .unwrap()
+                .contains("fewer than two dimensions")
+        );
+
+        let png = temp_png(&format!("quantized-{kind}.png"));
+        let out = tastebud(&[
+            "generate",
+            "--model",
+            &dir.display().to_string(),
+            "--prompt",
+            case["prompt"].as_str().unwrap(),
+            "--noise",
+            &fixture(case["noise"].as_str().unwrap()),
+            "--device",
+            "cpu",
+            "--out",
+            &png.display().to_string(),
+        ]);
+        assert!(out.status.success(), "{kind}: {}", stderr(&out));
+        let got = image::open(&png).unwrap().to_rgb8().into_raw();
+        let diff = max_pixel_diff(&got, &want);
+        assert!(
+            diff <= bound,
+            "{kind}: {diff} levels from diffusers' f32 image"
+        );
+
+        // Nothing is overwritten; unknown formats are named.
+        let again = tastebud(&[
+            "quantize",
+            "--model",
+            &model,
+            "--to",
+            kind,
+            "--out",
+            &dir.display().to_string(),
+        ]);
+        assert!(
+            stderr(&again).contains("exists and is not empty"),
+            "{}",
+            stderr(&again)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let bad = tastebud(&[
+        "quantize",
+        "--model",
+        &model,
+        "--to",
+        "q3_k",
+        "--out",
+        "/tmp/never",
+    ]);
+    assert!(
+        stderr(&bad).contains("q3_k: known types are q8_0"),
+        "{}",
+        stderr(&bad)
+    );
+}

@@ -476,3 +476,158 @@ pub fn write(metadata: &[(String, Value)], tensors: &[TensorData]) -> Result<Vec
     }
     Ok(out)
 }
+
+/// Metadata key holding a tensor's own shape when it is stored flattened to two dimensions
+/// (a 3x3 convolution `[O, I, 3, 3]` quantized along its `I * 9` inputs).
+fn shape_key(name: &str) -> String {
+    format!("tastebud.shape.{name}")
+}
+
+/// A GGUF weight file as f32 safetensors bytes (what [`crate::weights::load_into`] reads):
+/// every tensor dequantized or widened, flattened ones restored to their recorded shape.
+pub fn to_safetensors(file: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+    let gguf = GgufFile::parse(file, bytes)?;
+    let mut tensors = std::collections::BTreeMap::new();
+    for info in &gguf.tensors {
+        let values = gguf.values(info)?;
+        let shape = match gguf.metadata(&shape_key(&info.name)) {
+            Some(Value::Array(_, dims)) => {
+                let dims: Option<Vec<usize>> = dims
+                    .iter()
+                    .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                    .collect();
+                match dims {
+                    Some(d) if d.iter().product::<usize>() == values.len() => d,
+                    _ => {
+                        return Err(Error::Damaged {
+                            file: file.to_string(),
+                            reason: format!(
+                                "{} does not describe tensor {}'s {} values",
+                                shape_key(&info.name),
+                                info.name,
+                                values.len()
+                            ),
+                        });
+                    }
+                }
+            }
+            _ => info.shape.clone(),
+        };
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        tensors.insert(
+            info.name.clone(),
+            crate::torch_pickle::RawTensor {
+                dtype: safetensors::Dtype::F32,
+                shape,
+                data,
+            },
+        );
+    }
+    crate::torch_pickle::to_safetensors(file, &tensors)
+}
+
+/// What [`quantize_weights`] did to each tensor.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuantizedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// `q8_0`, ... or the kept type (`f32`, `f16`, `bf16`).
+    pub stored_as: String,
+    /// Why it was kept, when it was.
+    pub kept: Option<String>,
+    pub bytes: u64,
+}
+
+/// A weight file (safetensors or a `torch.save` archive) as GGUF with its tensors in `kind`:
+/// every float tensor of two or more dimensions whose values per output row (the product of
+/// all but the first dimension: a 3x3 convolution's `I * 9`) fill whole blocks, except names
+/// containing one of `keep`; the rest stay as stored (biases, norms, embeddings of odd width).
+/// Tensors of more than two dimensions are stored as `[O, rest]` with their shape recorded.
+pub fn quantize_weights(
+    file: &str,
+    bytes: &[u8],
+    kind: QuantType,
+    keep: &[String],
+    metadata: Vec<(String, Value)>,
+) -> Result<(Vec<u8>, Vec<QuantizedTensor>)> {
+    let tensors = crate::torch_pickle::read_tensors(file, bytes)?;
+    let mut metadata = metadata;
+    let mut out = Vec::new();
+    let mut report = Vec::new();
+    for (name, t) in tensors {
+        let stored = match t.dtype {
+            safetensors::Dtype::F32 => TensorType::F32,
+            safetensors::Dtype::F16 => TensorType::F16,
+            safetensors::Dtype::BF16 => TensorType::BF16,
+            other => {
+                return Err(Error::BadDtype {
+                    file: file.to_string(),
+                    tensor: name,
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        let rows = t.shape.first().copied().unwrap_or(1);
+        let per_row: usize = t.shape.iter().skip(1).product();
+        let why_kept = if let Some(k) = keep.iter().find(|k| name.contains(k.as_str())) {
+            Some(format!("--keep {k}"))
+        } else if t.shape.len() < 2 {
+            Some("fewer than two dimensions (a bias, a norm)".to_string())
+        } else if !per_row.is_multiple_of(quant::BLOCK) {
+            Some(format!(
+                "rows of {per_row} values are not whole blocks of {}",
+                quant::BLOCK
+            ))
+        } else {
+            None
+        };
+        let entry = match &why_kept {
+            Some(_) => TensorData {
+                name: name.clone(),
+                shape: t.shape.clone(),
+                kind: stored,
+                bytes: t.data,
+            },
+            None => {
+                let values: Vec<f32> = match stored {
+                    TensorType::F32 => t
+                        .data
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
+                    TensorType::F16 => t
+                        .data
+                        .chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                        .collect(),
+                    _ => t
+                        .data
+                        .chunks_exact(2)
+                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                        .collect(),
+                };
+                let label = format!("{file}: tensor {name}");
+                let data = quant::quantize(&label, &values, kind)?;
+                if t.shape.len() > 2 {
+                    let dims = t.shape.iter().map(|&d| Value::U64(d as u64)).collect();
+                    metadata.push((shape_key(&name), Value::Array(10, dims)));
+                }
+                TensorData {
+                    name: name.clone(),
+                    shape: vec![rows, per_row],
+                    kind: TensorType::Quant(kind),
+                    bytes: data,
+                }
+            }
+        };
+        report.push(QuantizedTensor {
+            name,
+            shape: t.shape,
+            stored_as: entry.kind.name().to_string(),
+            kept: why_kept,
+            bytes: entry.bytes.len() as u64,
+        });
+        out.push(entry);
+    }
+    Ok((write(&metadata, &out)?, report))
+}

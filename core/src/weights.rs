@@ -127,6 +127,12 @@ pub fn load_remapped<M: Module + ModuleSnapshot>(
     remap: &[(String, String)],
 ) -> Result<M> {
     let tolerated = |name: &str| tolerated_unused.iter().any(|t| name.contains(t));
+    // GGUF weights (`tastebud quantize`, ggml's tools) load dequantized, as f32 safetensors.
+    let bytes = if bytes.starts_with(b"GGUF") {
+        crate::gguf::to_safetensors(file, &bytes)?
+    } else {
+        bytes
+    };
     let header = inspect(file, &bytes)?;
     for (name, info) in &header {
         let float = matches!(info.dtype.as_str(), "F32" | "F16" | "BF16");

@@ -4,6 +4,7 @@ mod batch;
 mod generate;
 mod optimize;
 mod personalize;
+mod quantize;
 mod score;
 mod shapes;
 mod shipped;
@@ -43,6 +44,8 @@ enum Command {
         #[command(subcommand)]
         command: personalize::PersonalizeCommand,
     },
+    /// Write a model folder with its weights quantized (GGUF: q8_0, q5_1, q5_0, q4_1, q4_0), loadable by every command.
+    Quantize(quantize::QuantizeArgs),
     /// Judge pictures of the shapes world against a prompt (GenEval's rules), with reasons.
     Judge(shapes::JudgeArgs),
     /// The shapes world: renders of prompts, training sets, the evaluation suite.
@@ -65,6 +68,7 @@ fn run(command: Command) -> Result<()> {
         Command::Score(args) => score::score(&args),
         Command::Optimize(args) => optimize::optimize(&args),
         Command::Personalize { command } => personalize::run(&command),
+        Command::Quantize(args) => quantize::quantize(&args),
         Command::Judge(args) => shapes::judge_images(&args),
         Command::Shapes { command } => shapes::run(&command),
         Command::Devices { json } => devices(json),

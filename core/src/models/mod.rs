@@ -13,4 +13,5 @@ pub mod vae;
 pub const DIFFUSERS_WEIGHTS: &[&str] = &[
     "diffusion_pytorch_model.safetensors",
     "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.gguf",
 ];

@@ -40,6 +40,7 @@ pub const CLIP_WEIGHTS: &[&str] = &[
     "model.safetensors",
     "model.fp16.safetensors",
     "pytorch_model.bin",
+    "model.gguf",
 ];
 
 /// Key renames that bring every layout transformers loads into a CLIP to the hub's names

@@ -43,7 +43,11 @@ impl ClipTextEncoder {
         let activation = Activation::parse(&config.hidden_act, &config_file)?;
         let weights_name = files.first_of(CLIP_WEIGHTS)?;
         let weights_file = files.label(weights_name);
-        let bytes = files.take(weights_name).unwrap_or_default();
+        // A `torch.save` archive or a GGUF file (`tastebud quantize`) as safetensors.
+        let bytes = crate::torch_pickle::into_safetensors(
+            &weights_file,
+            files.take(weights_name).unwrap_or_default(),
+        )?;
         let layout = ClipLayout::TextEncoder;
         let projected = weights::inspect(&weights_file, &bytes)?
             .keys()
