@@ -15,7 +15,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { decodePng, fixtures, useBrowser } from './harness.mjs';
+import { decodePng, fixtures, root, useBrowser } from './harness.mjs';
 
 const ctx = useBrowser({ needsCli: true });
 const PROMPT = 'a red circle to the left of a blue square';
@@ -284,4 +284,38 @@ test("a user's diffusers snapshot by URL (no manifest) loads through the package
     } finally {
       await page.close();
     }
+  });
+
+test('a quantized (GGUF) snapshot loads through the package and matches the native CLI on CPU and WebGPU',
+  { timeout: 600_000 }, async () => {
+    const c = JSON.parse(fs.readFileSync(path.join(fixtures, 'reference.json'))).pipelines[1]; // sd-turbo-tiny
+    // Served from the checkout (the test server's root); .out/ is ignored by git.
+    const dir = path.join(root, 'tests/browser/.out/sd-turbo-tiny-q8_0');
+    fs.rmSync(dir, { recursive: true, force: true });
+    execFileSync(process.env.TASTEBUD_BIN, ['quantize', '--model', path.join(fixtures, c.model), '--to', 'q8_0',
+      '--out', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const out = path.join(dir, 'native.png');
+    execFileSync(process.env.TASTEBUD_BIN, ['generate', '--model', dir, '--prompt', c.prompt, '--noise',
+      path.join(fixtures, c.noise), '--device', 'cpu', '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const want = decodePng(fs.readFileSync(out));
+    for (const device of ['cpu', 'gpu']) {
+      const page = await ctx.browser.newPage();
+      await page.goto(`${ctx.base}/tests/browser/blank.html`);
+      try {
+        const got = await page.evaluate(async ({ c, device }) => {
+          const { Tastebud } = await import('/web/pkg/tastebud.js');
+          const tb = await Tastebud.load({ model: '/tests/browser/.out/sd-turbo-tiny-q8_0/', device });
+          const noise = new Uint8Array(await (await fetch(`/tests/fixtures/${c.noise}`)).arrayBuffer());
+          const image = await tb.generate({ prompt: c.prompt, noise, width: c.width, height: c.height });
+          tb.dispose();
+          return { files: tb.loadReport.files.map((f) => f.file), rgba: Array.from(image.data) };
+        }, { c, device });
+        assert.ok(got.files.includes('unet/diffusion_pytorch_model.gguf'), got.files.join(', '));
+        const worst = worstDifference(got.rgba, want);
+        assert.ok(worst <= 1, `${device}: the quantized snapshot's picture differs from the native CLI's by ${worst}`);
+      } finally {
+        await page.close();
+      }
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
   });
