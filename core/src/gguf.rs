@@ -367,23 +367,19 @@ impl<'a> GgufFile<'a> {
     pub fn values(&self, info: &TensorInfo) -> Result<Vec<f32>> {
         let raw = self.raw(info);
         Ok(match info.kind {
-            TensorType::F32 => raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            TensorType::F16 => raw
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            TensorType::BF16 => raw
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            TensorType::F32 => widen(safetensors::Dtype::F32, raw),
+            TensorType::F16 => widen(safetensors::Dtype::F16, raw),
+            TensorType::BF16 => widen(safetensors::Dtype::BF16, raw),
             TensorType::Quant(q) => {
                 quant::dequantize(&format!("{}: tensor {}", self.file, info.name), raw, q)?
             }
         })
     }
+}
+
+/// Float bytes as f32 (the dtype was checked when the tensor's type was decided).
+fn widen(dtype: safetensors::Dtype, data: &[u8]) -> Vec<f32> {
+    crate::weights::to_f32(dtype, data).unwrap_or_default()
 }
 
 /// A tensor to write: its shape (outermost first), type and stored bytes.
@@ -589,23 +585,7 @@ pub fn quantize_weights(
                 bytes: t.data,
             },
             None => {
-                let values: Vec<f32> = match stored {
-                    TensorType::F32 => t
-                        .data
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect(),
-                    TensorType::F16 => t
-                        .data
-                        .chunks_exact(2)
-                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                        .collect(),
-                    _ => t
-                        .data
-                        .chunks_exact(2)
-                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                        .collect(),
-                };
+                let values = widen(t.dtype, &t.data);
                 let label = format!("{file}: tensor {name}");
                 let data = quant::quantize(&label, &values, kind)?;
                 if t.shape.len() > 2 {

@@ -79,8 +79,16 @@ pub fn read_f32(file: &str, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
         tensor: name.to_string(),
         reason: e.to_string(),
     })?;
-    let data = view.data();
-    Ok(match view.dtype() {
+    to_f32(view.dtype(), view.data()).ok_or_else(|| Error::BadDtype {
+        file: file.to_string(),
+        tensor: name.to_string(),
+        dtype: format!("{:?}", view.dtype()),
+    })
+}
+
+/// Little-endian F32, F16 or BF16 bytes as f32 values; `None` for any other dtype.
+pub fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
         Dtype::F32 => data
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -93,13 +101,7 @@ pub fn read_f32(file: &str, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
             .chunks_exact(2)
             .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
-        other => {
-            return Err(Error::BadDtype {
-                file: file.to_string(),
-                tensor: name.to_string(),
-                dtype: format!("{other:?}"),
-            });
-        }
+        _ => return None,
     })
 }
 

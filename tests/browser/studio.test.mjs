@@ -252,39 +252,51 @@ test('models are verified and cached; damaged copies are refused', { timeout: 60
   }
 });
 
-test("a user's diffusers snapshot by URL (no manifest) loads through the package and matches diffusers",
-  { timeout: 600_000 }, async () => {
-    const c = JSON.parse(fs.readFileSync(path.join(fixtures, 'reference.json'))).pipelines[1]; // sd-turbo-tiny
-    const page = await ctx.browser.newPage();
-    await page.goto(`${ctx.base}/tests/browser/blank.html`);
-    try {
-      const got = await page.evaluate(async (c) => {
-        const { Tastebud } = await import('/web/pkg/tastebud.js');
-        const tb = await Tastebud.load({ model: `/tests/fixtures/${c.model}`, device: 'cpu' });
-        const noise = new Uint8Array(await (await fetch(`/tests/fixtures/${c.noise}`)).arrayBuffer());
-        const image = await tb.generate({ prompt: c.prompt, noise, steps: c.steps, width: c.width, height: c.height });
-        let refused = null;
-        try {
-          await tb.optimize({ prompt: c.prompt, noise, iterations: 2 });
-        } catch (e) {
-          refused = String(e.message ?? e);
-        }
-        tb.dispose();
-        return { report: tb.loadReport, width: image.width, height: image.height, rgba: Array.from(image.data), refused };
-      }, c);
-      assert.equal(got.report.clip, false);
-      assert.ok(got.report.files.every((f) => f.source === 'network'));
-      assert.ok(got.report.files.some((f) => f.file === 'unet/diffusion_pytorch_model.safetensors'));
-      const want = decodePng(fs.readFileSync(path.join(fixtures, c.image)));
-      assert.deepEqual([got.width, got.height], [want.width, want.height]);
-      const worst = worstDifference(got.rgba, want);
-      assert.ok(worst <= 1, `differs from diffusers by ${worst}`);
-      // No CLIP came with it: steering says what is missing.
-      assert.match(got.refused, /no reward to steer toward: the model came without a CLIP/);
-    } finally {
-      await page.close();
-    }
-  });
+// Every file under `dir`, relative to it ('unet/config.json').
+function filesUnder(dir, prefix = '') {
+  return fs.readdirSync(path.join(dir, prefix), { withFileTypes: true }).flatMap((e) => e.isDirectory()
+    ? filesUnder(dir, path.join(prefix, e.name)) : [path.join(prefix, e.name)]);
+}
+
+for (const source of ['URL', 'picked folder']) {
+  test(`a user's diffusers snapshot (${source}, no manifest) loads through the package and matches diffusers`,
+    { timeout: 600_000 }, async () => {
+      const c = JSON.parse(fs.readFileSync(path.join(fixtures, 'reference.json'))).pipelines[1]; // sd-turbo-tiny
+      const names = source === 'URL' ? null : filesUnder(path.join(fixtures, c.model));
+      const page = await ctx.browser.newPage();
+      await page.goto(`${ctx.base}/tests/browser/blank.html`);
+      try {
+        const got = await page.evaluate(async ({ c, names }) => {
+          const { Tastebud } = await import('/web/pkg/tastebud.js');
+          // A picked folder: File objects named by their path in the folder.
+          const model = names === null ? `/tests/fixtures/${c.model}` : await Promise.all(names.map(async (n) =>
+            new File([await (await fetch(`/tests/fixtures/${c.model}/${n}`)).arrayBuffer()], n)));
+          const tb = await Tastebud.load({ model, device: 'cpu' });
+          const noise = new Uint8Array(await (await fetch(`/tests/fixtures/${c.noise}`)).arrayBuffer());
+          const image = await tb.generate({ prompt: c.prompt, noise, steps: c.steps, width: c.width, height: c.height });
+          let refused = null;
+          try {
+            await tb.optimize({ prompt: c.prompt, noise, iterations: 2 });
+          } catch (e) {
+            refused = String(e.message ?? e);
+          }
+          tb.dispose();
+          return { report: tb.loadReport, width: image.width, height: image.height, rgba: Array.from(image.data), refused };
+        }, { c, names });
+        assert.equal(got.report.clip, false);
+        assert.ok(got.report.files.every((f) => f.source === (names ? 'folder' : 'network')));
+        assert.ok(got.report.files.some((f) => f.file === 'unet/diffusion_pytorch_model.safetensors'));
+        const want = decodePng(fs.readFileSync(path.join(fixtures, c.image)));
+        assert.deepEqual([got.width, got.height], [want.width, want.height]);
+        const worst = worstDifference(got.rgba, want);
+        assert.ok(worst <= 1, `differs from diffusers by ${worst}`);
+        // No CLIP came with it: steering says what is missing.
+        assert.match(got.refused, /no reward to steer toward: the model came without a CLIP/);
+      } finally {
+        await page.close();
+      }
+    });
+}
 
 test('a quantized (GGUF) snapshot loads through the package and matches the native CLI on CPU and WebGPU',
   { timeout: 600_000 }, async () => {

@@ -46,7 +46,8 @@ function imageOut(image, metadata, withPng) {
   return [out, transfers];
 }
 
-// A picked folder (File objects with webkitRelativePath, or {name, file}) staged into the engine.
+// A picked folder staged into the engine: File objects from `<input webkitdirectory>` (their
+// path after the folder name) or named by their path in the folder. Unchecked: no manifest.
 async function loadFolder(files) {
   const entries = files.map((f) => [f.webkitRelativePath ? f.webkitRelativePath.split('/').slice(1).join('/') : f.name, f]);
   const byName = new Map(entries);

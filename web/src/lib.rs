@@ -10,7 +10,7 @@ use tastebud_core::noise::Noise;
 use tastebud_core::pipeline::{ModelIndex, Pipeline, Request, to_rgb8};
 use tastebud_core::preprocess::{ImageFile, PreprocessChoice, decode_image};
 use tastebud_core::reno::{Flow, FlowFuture, NoiseObjective, RenoConfig, reno_awaiting};
-use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
+use tastebud_core::rewards::{self, ImageScores, RewardKind, RewardSet, RewardTerm};
 use tastebud_core::search::{Method, search_awaiting};
 use tastebud_core::{ComputeDevice, DeviceChoice, ModelFiles, Precision, device};
 use wasm_bindgen::prelude::*;
@@ -136,6 +136,29 @@ fn answer_flow(answer: Result<JsValue, JsValue>) -> FlowFuture {
             Err(_) => Flow::Stop,
         }
     })
+}
+
+/// The best noise's picture (with a PNG saying where the noise came from) and its scores, as
+/// `optimize` and `explore` return them.
+async fn best_picture(
+    objective: &NoiseObjective<'_>,
+    model: &str,
+    prompt: String,
+    noise: &Noise,
+    how: String,
+) -> Result<(ImageScores, GeneratedImage), JsError> {
+    let best = objective.evaluate(&noise.values, false).await.map_err(js)?;
+    let image = to_rgb8(best.image).await.map_err(js)?;
+    let png = image
+        .to_png(&[
+            ("prompt", prompt),
+            ("model", model.to_string()),
+            ("noise", how),
+            ("software", "tastebud (browser)".to_string()),
+        ])
+        .map_err(js)?;
+    let picture = GeneratedImage::from_rgb(image.width, image.height, &image.pixels, png);
+    Ok((best.scores, picture))
 }
 
 /// The rewards a run steers toward: the model's (and added) rewards, or the taste's set.
@@ -635,33 +658,26 @@ impl Tastebud {
         })
         .await
         .map_err(js)?;
-        let best = objective
-            .evaluate(&outcome.best_noise.values, false)
-            .await
-            .map_err(js)?;
-        let image = to_rgb8(best.image).await.map_err(js)?;
-        let png = image
-            .to_png(&[
-                ("prompt", prompt),
-                ("model", pipeline.origin.clone()),
-                (
-                    "noise",
-                    format!("ReNO, iteration {}", outcome.best_iteration),
-                ),
-                ("software", "tastebud (browser)".to_string()),
-            ])
-            .map_err(js)?;
+        let how = format!("ReNO, iteration {}", outcome.best_iteration);
+        let (scores, image) = best_picture(
+            &objective,
+            &pipeline.origin,
+            prompt,
+            &outcome.best_noise,
+            how,
+        )
+        .await?;
         let report = json!({
             "labels": labels,
             "iterations": outcome.trajectory,
             "best_iteration": outcome.best_iteration,
-            "best_scores": best.scores,
+            "best_scores": scores,
             "stopped": outcome.stopped,
         });
         Ok(Optimized {
             report: report.to_string(),
             noise: outcome.best_noise.to_npy(),
-            image: GeneratedImage::from_rgb(image.width, image.height, &image.pixels, png),
+            image,
         })
     }
 
@@ -730,32 +746,28 @@ impl Tastebud {
         )
         .await
         .map_err(js)?;
-        let best = objective
-            .evaluate(&outcome.best_noise.values, false)
-            .await
-            .map_err(js)?;
-        let image = to_rgb8(best.image).await.map_err(js)?;
-        let png = image
-            .to_png(&[
-                ("prompt", prompt),
-                ("model", pipeline.origin.clone()),
-                ("noise", outcome.best_origin.clone()),
-                ("software", "tastebud (browser)".to_string()),
-            ])
-            .map_err(js)?;
+        let how = outcome.best_origin.clone();
+        let (scores, image) = best_picture(
+            &objective,
+            &pipeline.origin,
+            prompt,
+            &outcome.best_noise,
+            how,
+        )
+        .await?;
         let report = json!({
             "labels": labels,
             "method": method,
             "steps": outcome.steps,
             "best_origin": outcome.best_origin,
-            "best_scores": best.scores,
+            "best_scores": scores,
             "spent": outcome.spent,
             "stopped": outcome.stopped,
         });
         Ok(Optimized {
             report: report.to_string(),
             noise: outcome.best_noise.to_npy(),
-            image: GeneratedImage::from_rgb(image.width, image.height, &image.pixels, png),
+            image,
         })
     }
 }

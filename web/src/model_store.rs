@@ -168,7 +168,8 @@ impl ModelStore {
                 .flatten()
                 .and_then(|v| v.parse().ok())
         });
-        let mut bytes: Vec<u8> = Vec::with_capacity(total.unwrap_or(0).min(1 << 30) as usize);
+        // A size the server states is a hint, not a promise: reserve at most 64 MiB up front.
+        let mut bytes: Vec<u8> = Vec::with_capacity(total.unwrap_or(0).min(1 << 26) as usize);
         let Some(body) = response.body() else {
             return Ok(Some(bytes));
         };
