@@ -919,3 +919,44 @@ fn quantize_writes_gguf_snapshots_that_generate() {
         stderr(&bad)
     );
 }
+
+/// `--unet FILE`: a ComfyUI-GGUF file in the original LDM names (tests/fixtures/gguf, made by
+/// tests/reference/make_ldm_gguf_fixtures.py) used with the snapshot it came from draws
+/// diffusers' picture; a file of another model says which tensors do not fit.
+#[test]
+fn generate_takes_an_ldm_gguf_unet_file() {
+    let case = &reference_json()["pipelines"][1]; // sd-turbo-tiny, 48x40
+    let (_, _, want) = fixture_png(case["image"].as_str().unwrap());
+    let png = temp_png("ldm-unet.png");
+    let run = |unet: &str| {
+        tastebud(&[
+            "generate",
+            "--model",
+            &fixture(case["model"].as_str().unwrap()),
+            "--unet",
+            &fixture(unet),
+            "--prompt",
+            case["prompt"].as_str().unwrap(),
+            "--noise",
+            &fixture(case["noise"].as_str().unwrap()),
+            "--device",
+            "cpu",
+            "--out",
+            &png.display().to_string(),
+        ])
+    };
+    let out = run("gguf/sd-turbo-tiny-unet-comfy.gguf");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = image::open(&png).unwrap().to_rgb8().into_raw();
+    let diff = max_pixel_diff(&got, &want);
+    assert!(diff <= 2, "{diff} levels from diffusers' image");
+
+    let out = run("sdxl-turbo-tiny/unet/diffusion_pytorch_model.safetensors");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("--unet")
+            && err.contains("sdxl-turbo-tiny/unet/diffusion_pytorch_model.safetensors"),
+        "{err}"
+    );
+}

@@ -3,12 +3,16 @@
 //! byte for byte and dequantizing its blocks gives its values bit for bit (Q8_0, Q4_0, Q4_1,
 //! Q5_0, Q5_1); a file `GGUFWriter` wrote reads back with its metadata and tensors, and
 //! Tastebud writes the same content to the same bytes; damaged files are named, not trusted.
+//! UNet files in the original LDM names, as stable-diffusion.cpp and ComfyUI-GGUF write them
+//! (`tests/reference/make_ldm_gguf_fixtures.py`), draw diffusers' picture.
 
 mod common;
 
 use common::*;
 use safetensors::SafeTensors;
 use tastebud_core::gguf::{self, GgufFile, TensorData, TensorType, Value};
+use tastebud_core::noise::Noise;
+use tastebud_core::pipeline::{Pipeline, Request};
 use tastebud_core::quant::{QuantType, dequantize, quantize};
 
 #[test]
@@ -171,5 +175,87 @@ fn damaged_gguf_files_are_named() {
         e.to_string()
             .contains("do not hold a q8_0 tensor of shape [3, 20]"),
         "{e}"
+    );
+}
+
+/// The tiny SD-Turbo with its UNet weights replaced by an LDM-named GGUF file (as a user drops
+/// stable-diffusion.cpp's or ComfyUI-GGUF's file into a diffusers snapshot's `unet/`): its
+/// picture against diffusers' from the original weights, within `tolerance` levels.
+fn ldm_unet_draws_diffusers_picture(fixture: &str, tolerance: u8) {
+    let case = &reference_json()["pipelines"][1];
+    assert_eq!(case["model"], "sd-turbo-tiny");
+    let mut files = snapshot_files("sd-turbo-tiny");
+    files
+        .take("unet/diffusion_pytorch_model.safetensors")
+        .expect("the fixture's UNet weights");
+    let ldm = std::fs::read(fixtures().join("gguf").join(fixture)).unwrap();
+    files.insert("unet/diffusion_pytorch_model.gguf", ldm);
+    let noise_file = case["noise"].as_str().unwrap();
+    let noise = std::fs::read(fixtures().join(noise_file)).unwrap();
+    let request = Request {
+        prompt: case["prompt"].as_str().unwrap().to_string(),
+        noise: Some(Noise::from_bytes(noise_file, &noise).unwrap()),
+        seed: 0,
+        steps: 1,
+        height: Some(case["height"].as_u64().unwrap() as usize),
+        width: Some(case["width"].as_u64().unwrap() as usize),
+    };
+    let (_, _, want) = fixture_png(case["image"].as_str().unwrap());
+    for device in devices() {
+        let pipeline = Pipeline::from_files(files.clone(), &device.device).unwrap();
+        let image = pollster::block_on(pipeline.generate(&request)).unwrap();
+        let diff = max_pixel_diff(&image.pixels, &want);
+        assert!(
+            diff <= tolerance,
+            "{fixture} on {}: differs from diffusers by {diff}",
+            device_name(&device)
+        );
+    }
+}
+
+#[test]
+fn stable_diffusion_cpp_unet_files_load_by_ldm_names() {
+    // f16 weights, whole-checkpoint keys (`model.diffusion_model.`, a VAE tensor left unused).
+    ldm_unet_draws_diffusers_picture("sd-turbo-tiny-unet-sdcpp.gguf", 1);
+}
+
+#[test]
+fn comfyui_gguf_unet_files_load_by_ldm_names() {
+    // Bare LDM keys; 141 tensors stored as [n / 256, 256] Q8_0 with comfy.gguf.orig_shape.
+    ldm_unet_draws_diffusers_picture("sd-turbo-tiny-unet-comfy.gguf", 2);
+}
+
+#[test]
+fn an_ldm_unet_file_missing_a_tensor_names_it() {
+    let bytes = std::fs::read(fixtures().join("gguf/sd-turbo-tiny-unet-sdcpp.gguf")).unwrap();
+    let file = GgufFile::parse("sdcpp.gguf", &bytes).unwrap();
+    // The first up block's upsampler: LDM's `output_blocks.2.1.conv` (no attention there).
+    let tensors: Vec<TensorData> = file
+        .tensors
+        .iter()
+        .filter(|t| t.name != "model.diffusion_model.output_blocks.2.1.conv.weight")
+        .map(|t| TensorData {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            kind: t.kind,
+            bytes: file.raw(t).to_vec(),
+        })
+        .collect();
+    assert_eq!(tensors.len() + 1, file.tensors.len());
+    let mut files = snapshot_files("sd-turbo-tiny");
+    files.take("unet/diffusion_pytorch_model.safetensors");
+    files.insert(
+        "unet/diffusion_pytorch_model.gguf",
+        gguf::write(&file.metadata, &tensors).unwrap(),
+    );
+    let device = &devices()[0];
+    let Err(err) = Pipeline::from_files(files, &device.device) else {
+        panic!("a UNet file without its upsampler loaded");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("diffusion_pytorch_model.gguf")
+            && err.contains("up_blocks.0.upsamplers.0.conv.weight"),
+        "{err}"
     );
 }

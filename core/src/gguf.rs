@@ -479,6 +479,11 @@ fn shape_key(name: &str) -> String {
     format!("tastebud.shape.{name}")
 }
 
+/// ComfyUI-GGUF's key for the same (its converter stores some tensors as `[n / 256, 256]`).
+fn comfy_shape_key(name: &str) -> String {
+    format!("comfy.gguf.orig_shape.{name}")
+}
+
 /// A GGUF weight file as f32 safetensors bytes (what [`crate::weights::load_into`] reads):
 /// every tensor dequantized or widened, flattened ones restored to their recorded shape.
 pub fn to_safetensors(file: &str, bytes: &[u8]) -> Result<Vec<u8>> {
@@ -486,8 +491,11 @@ pub fn to_safetensors(file: &str, bytes: &[u8]) -> Result<Vec<u8>> {
     let mut tensors = std::collections::BTreeMap::new();
     for info in &gguf.tensors {
         let values = gguf.values(info)?;
-        let shape = match gguf.metadata(&shape_key(&info.name)) {
-            Some(Value::Array(_, dims)) => {
+        let recorded = [shape_key(&info.name), comfy_shape_key(&info.name)]
+            .into_iter()
+            .find_map(|key| gguf.metadata(&key).map(|value| (key, value)));
+        let shape = match recorded {
+            Some((key, Value::Array(_, dims))) => {
                 let dims: Option<Vec<usize>> = dims
                     .iter()
                     .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
@@ -498,8 +506,7 @@ pub fn to_safetensors(file: &str, bytes: &[u8]) -> Result<Vec<u8>> {
                         return Err(Error::Damaged {
                             file: file.to_string(),
                             reason: format!(
-                                "{} does not describe tensor {}'s {} values",
-                                shape_key(&info.name),
+                                "{key} does not describe tensor {}'s {} values",
                                 info.name,
                                 values.len()
                             ),
@@ -507,7 +514,13 @@ pub fn to_safetensors(file: &str, bytes: &[u8]) -> Result<Vec<u8>> {
                     }
                 }
             }
-            _ => info.shape.clone(),
+            Some((key, _)) => {
+                return Err(Error::Damaged {
+                    file: file.to_string(),
+                    reason: format!("{key} is not a list of dimensions"),
+                });
+            }
+            None => info.shape.clone(),
         };
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         tensors.insert(

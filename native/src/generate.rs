@@ -9,6 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use tastebud_core::burn::tensor::Tensor;
+use tastebud_core::models::DIFFUSERS_WEIGHTS;
 use tastebud_core::noise::Noise;
 use tastebud_core::pipeline::{
     LoadedDecoder, MODEL_INDEX, ModelIndex, Pipeline, Request, decoder_files, to_rgb8,
@@ -26,6 +27,11 @@ pub struct ModelArgs {
     /// Another image decoder folder to use instead of the snapshot's VAE (e.g. TAESD).
     #[arg(long)]
     pub decoder: Option<PathBuf>,
+    /// UNet weights to use instead of the snapshot's (its unet/config.json still describes
+    /// them): safetensors or GGUF, in diffusers' names or the original LDM ones, e.g. a
+    /// stable-diffusion.cpp or ComfyUI-GGUF file of the same model.
+    #[arg(long, value_name = "FILE")]
+    pub unet: Option<PathBuf>,
     #[command(flatten)]
     device: crate::DeviceArgs,
 }
@@ -246,8 +252,17 @@ pub(crate) fn load(
         "{spinner} reading {msg} {bytes}/{total_bytes} [{bar:30}]",
     );
     let folder = args.folder()?;
-    let files = read_snapshot(&folder, &reading)?;
+    let mut files = read_snapshot(&folder, &reading)?;
     crate::shipped::verify(&folder, &files)?;
+    if let Some(path) = &args.unet {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading --unet {}", path.display()))?;
+        for name in DIFFUSERS_WEIGHTS {
+            files.take(&format!("unet/{name}"));
+        }
+        // The loader tells GGUF from safetensors by its first bytes.
+        files.insert("unet/diffusion_pytorch_model.safetensors", bytes);
+    }
     let decoder_files = match &args.decoder {
         Some(dir) => {
             let mut files = ModelFiles::new(dir.display().to_string());
@@ -271,7 +286,11 @@ pub(crate) fn load(
         "{spinner} loading the pipeline onto {msg} ({elapsed})",
     );
     building.set_message(device.describe());
-    let mut pipeline = Pipeline::from_files(files, &device.device)?;
+    let mut pipeline = match &args.unet {
+        Some(path) => Pipeline::from_files(files, &device.device)
+            .with_context(|| format!("loading the model with --unet {}", path.display()))?,
+        None => Pipeline::from_files(files, &device.device)?,
+    };
     pipeline.set_buffer_limit(device.max_buffer_bytes);
     if let Some(files) = decoder_files {
         pipeline.set_decoder(LoadedDecoder::from_files(files, None, &device.device)?);

@@ -1,7 +1,8 @@
 // The demo page (index.html) in headless Chromium: WebGPU (SwiftShader) and the CPU fallback
 // give the same CLIPScore as the native CLI and as transformers (its default CLIPImageProcessor,
 // asked for with preprocess=torchvision; the default Pillow path is checked against the published
-// pipelines in rewards.test.mjs), and bad input shows an error.
+// pipelines in rewards.test.mjs), bad input shows an error, and a picked CLIP folder scores
+// through the package.
 //
 // Needs: web/pkg (web/build.sh), the native binary in $TASTEBUD_BIN, /usr/bin/chromium.
 import { test } from 'node:test';
@@ -68,4 +69,37 @@ test('a missing model folder is reported by name in the page', async () => {
 test('an empty prompt is refused in the page', async () => {
   const result = await demo({ device: 'cpu', model: '/tests/fixtures/clip-openai/', image: '/tests/fixtures/image0.png', prompt: ' ' });
   assert.match(result.error ?? '', /prompt is empty/);
+});
+
+test('a picked CLIP folder scores through the package as the URL does', async () => {
+  const flavour = 'clip-openai';
+  const prompt = refJson[flavour].scored_prompts[0];
+  const want = referenceTensor('reference.safetensors', `${flavour}.logits_per_image`)[0];
+  const names = fs.readdirSync(path.join(fixtures, flavour));
+  const page = await ctx.browser.newPage();
+  await page.goto(`${ctx.base}/tests/browser/blank.html`);
+  try {
+    const got = await page.evaluate(async ({ flavour, names, prompt }) => {
+      const { Tastebud } = await import('/web/pkg/tastebud.js');
+      const files = await Promise.all(names.map(async (n) =>
+        new File([await (await fetch(`/tests/fixtures/${flavour}/${n}`)).arrayBuffer()], n)));
+      const tb = await Tastebud.load({ model: files, device: 'cpu' });
+      const image = new Uint8Array(await (await fetch('/tests/fixtures/image0.png')).arrayBuffer());
+      const score = await tb.score({ prompt, image, preprocess: 'torchvision' });
+      let refused = null;
+      try {
+        await tb.generate({ prompt });
+      } catch (e) {
+        refused = String(e.message ?? e);
+      }
+      tb.dispose();
+      return { report: tb.loadReport, score, refused };
+    }, { flavour, names, prompt });
+    assert.equal(got.report.generator, false);
+    assert.equal(got.report.clip, true);
+    assertClose(got.score.logit, want, 'picked folder vs transformers logit');
+    assert.match(got.refused, /no generator loaded/);
+  } finally {
+    await page.close();
+  }
 });

@@ -8,7 +8,7 @@ export async function loadPipeline(tb, Tastebud, model) {
   for (const group of JSON.parse(Tastebud.pipeline_files(index))) {
     await stageFirst(tb, group.map((name) => [name, `${model}/${name}`]));
   }
-  tb.load_pipeline(model);
+  tb.load_staged(model);
 }
 
 // Stages the first of `candidates` ([name, url] pairs) that exists; false when none does.

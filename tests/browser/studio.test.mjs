@@ -6,7 +6,8 @@
 //   the page's main thread keeps answering while ReNO runs in the worker;
 // - models are verified and cached: a second load comes from the Cache API even with the
 //   model's URLs unreachable; a damaged cached copy is refused and fetched again; a damaged
-//   download fails naming the file and is never cached; a full cache (quota) loses nothing.
+//   download fails naming the file and is never cached; a full cache (quota) loses nothing;
+// - a GPU device lost mid-draw: the page says so, loads a fresh engine and draws again.
 //
 // Needs: web/pkg (web/build.sh), the native binary in $TASTEBUD_BIN, /usr/bin/chromium.
 import { test, before } from 'node:test';
@@ -106,6 +107,37 @@ test('Steer raises the reward with previews, Stop ends early, the page stays res
       assert.match(stopped, /stopped by the caller after iteration \d+/);
       const ran = Number(await page.$eval('#steer', (b) => b.dataset.done));
       assert.ok(ran >= 2 && ran < 20, `${ran} iterations ran after Stop`);
+      assert.deepEqual(logs, []);
+    } finally {
+      await page.close();
+    }
+  });
+
+// A lost device is injected where wgpu will next touch it: the worker's device destroys itself
+// at its next command encoder, i.e. in the middle of the next generation.
+test('a lost GPU device mid-draw: the page says so, loads a fresh engine and draws the same picture',
+  { timeout: 600_000 }, async () => {
+    const { page, logs } = await studioPage('gpu');
+    try {
+      const [worker] = page.workers();
+      await worker.evaluate(() => {
+        const encoder = GPUDevice.prototype.createCommandEncoder;
+        GPUDevice.prototype.createCommandEncoder = function destroyFirst(...args) {
+          this.destroy();
+          return encoder.apply(this, args);
+        };
+      });
+      await page.evaluate(() => { delete document.getElementById('draw').dataset.done; });
+      await page.click('#draw');
+      await page.waitForFunction(() => document.getElementById('draw').dataset.done
+        || document.getElementById('draw-status').textContent.startsWith('failed'), null, { timeout: 300_000 });
+      const status = await page.textContent('#draw-status');
+      assert.match(status, /drawn in \d+ ms on wgpu/, status);
+      assert.match(status, /recovered: the GPU device was lost \(destroyed: /, status);
+      assert.match(status, /model: 19\.\d MB from cache/, status);
+      const worst = worstDifference(await canvasPixels(page, '#drawn'), native);
+      assert.ok(worst <= 1, `the picture after the lost device differs from the native CLI's by ${worst}`);
+      assert.equal(page.workers().length, 1, 'the dead engine\'s worker is still running');
       assert.deepEqual(logs, []);
     } finally {
       await page.close();
@@ -246,7 +278,7 @@ test('models are verified and cached; damaged copies are refused', { timeout: 60
     const bad = await load({ device: 'tpu' });
     assert.match(bad.error, /device must be one of auto, gpu, cpu, got tpu/);
     const missing = await load({ model: '/tests/fixtures/no-such-model/' });
-    assert.match(missing.error, /no-such-model\/ is not a model: it has neither manifest\.json nor model_index\.json/);
+    assert.match(missing.error, /no-such-model\/ is not a model: it has none of manifest\.json, model_index\.json \(a diffusers snapshot\) or config\.json \(a CLIP\)/);
   } finally {
     await context.close();
   }
@@ -297,6 +329,39 @@ for (const source of ['URL', 'picked folder']) {
       }
     });
 }
+
+test('a picked folder with a CLIP beside the generator (the shipped layout) draws, steers and learns a taste',
+  { timeout: 600_000 }, async () => {
+    const shapes = path.join(root, 'models/shapes');
+    const names = [...filesUnder(shapes, 'generator'), ...filesUnder(shapes, 'clip')];
+    const page = await ctx.browser.newPage();
+    await page.goto(`${ctx.base}/tests/browser/blank.html`);
+    try {
+      const got = await page.evaluate(async ({ names, prompt, seed }) => {
+        const { Tastebud } = await import('/web/pkg/tastebud.js');
+        const files = await Promise.all(names.map(async (n) =>
+          new File([await (await fetch(`/models/shapes/${n}`)).arrayBuffer()], n)));
+        const tb = await Tastebud.load({ model: files, device: 'cpu' });
+        const image = await tb.generate({ prompt, seed });
+        const taste = tb.taste();
+        const candidates = await taste.candidates({ prompt, seeds: [0, 1, 2, 3] });
+        await taste.answer({ prompt, a: candidates[0], b: candidates[1], choice: 'a' });
+        await taste.answer({ prompt, a: candidates[2], b: candidates[3], choice: 'b' });
+        const steered = await tb.optimize({ prompt, seed, iterations: 3, taste });
+        tb.dispose();
+        return { report: tb.loadReport, rgba: Array.from(image.data), labels: steered.labels,
+          personal: steered.iterations.map((it) => it.rewards[steered.labels.indexOf('personal')]) };
+      }, { names, prompt: PROMPT, seed: SEED });
+      assert.equal(got.report.clip, true);
+      assert.ok(got.report.files.some((f) => f.file === 'clip/model.safetensors' && f.source === 'folder'));
+      const worst = worstDifference(got.rgba, native);
+      assert.ok(worst <= 1, `the picked bundle's picture differs from the native CLI's by ${worst}`);
+      assert.deepEqual(got.labels, ['clip', 'personal']);
+      assert.ok(got.personal.every(Number.isFinite) && got.personal.length === 3, JSON.stringify(got.personal));
+    } finally {
+      await page.close();
+    }
+  });
 
 test('a quantized (GGUF) snapshot loads through the package and matches the native CLI on CPU and WebGPU',
   { timeout: 600_000 }, async () => {

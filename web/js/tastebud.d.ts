@@ -13,8 +13,9 @@ export interface Progress {
 }
 
 export interface LoadOptions {
-  /** 'default' (the shipped shapes-world models), a folder URL (with a manifest.json, or a
-   * diffusers snapshot), or the files of a picked folder (`<input webkitdirectory>`). */
+  /** 'default' (the shipped shapes-world models), a folder URL (with a manifest.json, a
+   * diffusers snapshot, or a transformers CLIP folder to score with), or the files of a picked
+   * folder (`<input webkitdirectory>`) of the same kinds. */
   model?: 'default' | string | URL | FileList | File[];
   device?: DeviceChoice;
   precision?: Precision;
@@ -25,6 +26,7 @@ export interface LoadReport {
   files: { file: string; bytes: number; source: 'cache' | 'network' | 'folder' }[];
   /** What went wrong but lost nothing: a refused cached copy fetched again, a full cache. */
   warnings: string[];
+  /** Whether the model has a generator (false for a CLIP folder loaded alone, to score with). */
   generator: boolean;
   /** Whether the model came with a CLIP (the reward for `optimize`, the model for `score`). */
   clip: boolean;
@@ -111,7 +113,9 @@ export declare class Tastebud {
   readonly loadReport: LoadReport;
   generate(options: GenerateOptions): Promise<Image>;
   optimize(options: OptimizeOptions): Promise<Optimized>;
-  score(options: { prompt: string; image: Uint8Array }): Promise<{ cosine: number; logit: number }>;
+  /** CLIPScore with the model's CLIP; `preprocess` picks the image pipeline (default: the CLIP's published one). */
+  score(options: { prompt: string; image: Uint8Array; preprocess?: 'auto' | 'pil' | 'torchvision' }):
+    Promise<{ cosine: number; logit: number }>;
   taste(options?: { preferences?: PreferenceFile }): Taste;
   /** False once the engine has crashed (a panic, a lost GPU device): load a new one. */
   alive(): Promise<boolean>;

@@ -11,6 +11,7 @@ import * as Comlink from './comlink.mjs';
 const DEVICES = ['auto', 'gpu', 'cpu'];
 const PRECISIONS = ['f32', 'f16'];
 const METHODS = ['reno', 'best-of-n', 'zero-order'];
+const PREPROCESS = ['auto', 'pil', 'torchvision'];
 
 function check(condition, message) {
   if (!condition) throw new TypeError(message);
@@ -144,11 +145,17 @@ export class Tastebud {
     }
   }
 
-  /** CLIPScore of a PNG/JPEG image (bytes) against a prompt: `{ cosine, logit }`. */
-  async score({ prompt, image }) {
+  /**
+   * CLIPScore of a PNG/JPEG image (bytes) against a prompt with the model's CLIP (or a CLIP
+   * folder loaded alone): `{ cosine, logit }`. `preprocess`: 'auto' (the CLIP's published
+   * pipeline), 'pil' or 'torchvision' (transformers 5's CLIPImageProcessor).
+   */
+  async score({ prompt, image, preprocess }) {
     check(typeof prompt === 'string', 'prompt must be a string');
     check(image instanceof Uint8Array, 'image must be the bytes (Uint8Array) of a PNG or JPEG file');
-    return this.#remote.score({ prompt, image });
+    check(preprocess === undefined || PREPROCESS.includes(preprocess),
+      `preprocess must be one of ${PREPROCESS.join(', ')}, got ${preprocess}`);
+    return this.#remote.score({ prompt, image, preprocess });
   }
 
   /**

@@ -11,21 +11,43 @@ let stopRequested = false;
 const encoder = new TextEncoder();
 let queue = Promise.resolve();
 
-// Set when the wasm module trapped (a panic, a lost GPU device): its state is gone, so every
-// later call says so instead of failing strangely.
+// Set when the wasm module trapped (a panic) or its GPU device was lost: its state is gone, so
+// every later call says so instead of failing strangely.
 let crashed = null;
+const AGAIN = 'load the model again with Tastebud.load (it comes from the cache in about a second)';
+
+// The GPU device wgpu asks for is watched: once it is lost (a driver reset, the browser
+// reclaiming it, destroy()) every call on it fails, so the engine counts as crashed and a new
+// worker (a new device) is the way on. wgpu finds `requestDevice` on the adapter at call time.
+let deviceLost = null;
+if (globalThis.GPUAdapter) {
+  const requestDevice = GPUAdapter.prototype.requestDevice;
+  GPUAdapter.prototype.requestDevice = async function watchedRequestDevice(...args) {
+    const device = await requestDevice.apply(this, args);
+    device.lost.then((info) => {
+      deviceLost = `the GPU device was lost (${info.reason}: ${info.message})`;
+    });
+    return device;
+  };
+}
+
+function checkAlive() {
+  if (!crashed && deviceLost) crashed = `${deviceLost}; ${AGAIN}`;
+  if (crashed) throw new Error(crashed);
+}
 
 // Runs `task` after every call before it has finished.
 function serial(task) {
   const run = queue.then(() => {
-    if (crashed) throw new Error(crashed);
+    checkAlive();
     return task();
   }).catch((e) => {
     if (e instanceof WebAssembly.RuntimeError) {
-      crashed = `the engine crashed (${e.message}); load the model again with Tastebud.load ` +
-        '(it comes from the cache in about a second)';
+      crashed = `the engine crashed (${e.message}); ${AGAIN}`;
       throw new Error(crashed);
     }
+    // A call that was running when the device went: its error (a failed readback) says less.
+    checkAlive();
     throw e;
   });
   queue = run.catch(() => {});
@@ -47,27 +69,34 @@ function imageOut(image, metadata, withPng) {
 }
 
 // A picked folder staged into the engine: File objects from `<input webkitdirectory>` (their
-// path after the folder name) or named by their path in the folder. Unchecked: no manifest.
+// path after the folder name) or named by their path in the folder. A diffusers snapshot, or a
+// bundle as the shipped models are laid out (`generator/` + `clip/`), or a transformers CLIP
+// folder alone; a `clip/` beside the generator becomes the reward and the taste's CLIP.
+// Unchecked: no manifest.
 async function loadFolder(files) {
   const entries = files.map((f) => [f.webkitRelativePath ? f.webkitRelativePath.split('/').slice(1).join('/') : f.name, f]);
   const byName = new Map(entries);
-  const index = byName.get('model_index.json');
-  if (!index) throw new Error('the picked folder has no model_index.json: pick a diffusers snapshot folder');
-  const indexBytes = new Uint8Array(await index.arrayBuffer());
-  engine.add_file('model_index.json', indexBytes);
-  for (const group of JSON.parse(Engine.pipeline_files(indexBytes))) {
-    const name = group.find((n) => byName.has(n));
-    if (name) engine.add_file(name, new Uint8Array(await byName.get(name).arrayBuffer()));
+  const prefix = byName.has('generator/model_index.json') ? 'generator/' : '';
+  const index = byName.get(`${prefix}model_index.json`);
+  const stage = async (name) => {
+    engine.add_file(name, new Uint8Array(await byName.get(name).arrayBuffer()));
+    return { file: name, bytes: byName.get(name).size, source: 'folder' };
+  };
+  const staged = [];
+  if (index) {
+    staged.push(await stage(`${prefix}model_index.json`));
+    for (const group of JSON.parse(Engine.pipeline_files(new Uint8Array(await index.arrayBuffer())))) {
+      const name = group.map((n) => `${prefix}${n}`).find((n) => byName.has(n));
+      if (name) staged.push(await stage(name)); // else the engine names what is missing
+    }
+  } else if (!byName.has('config.json')) {
+    throw new Error('the picked folder has neither model_index.json (a diffusers snapshot) nor config.json (a CLIP)');
   }
-  engine.load_pipeline('picked folder');
-  const clipNames = new Set(Engine.clip_files().map((n) => `clip/${n}`));
-  const clip = entries.filter(([n]) => clipNames.has(n));
-  if (clip.length) {
-    for (const [n, f] of clip) engine.add_file(n.slice(5), new Uint8Array(await f.arrayBuffer()));
-    engine.add_reward('clip', 'picked folder/clip', undefined);
+  for (const name of Engine.clip_files().map((n) => (index ? `clip/${n}` : n))) {
+    if (byName.has(name)) staged.push(await stage(name));
   }
-  return { files: entries.map(([file, f]) => ({ file, bytes: f.size, source: 'folder' })), warnings: [],
-    generator: true, clip: clip.length > 0 };
+  const { warnings, generator, clip } = JSON.parse(engine.load_staged('picked folder'));
+  return { files: staged, warnings, generator, clip };
 }
 
 const api = {
@@ -144,7 +173,7 @@ const api = {
 
   // Whether the engine can still run (false after a crash; load again).
   alive() {
-    return crashed === null;
+    return crashed === null && deviceLost === null;
   },
 
   // Candidates for the taste: each seed's picture and its unit CLIP embedding (what heads read).
@@ -194,8 +223,8 @@ const api = {
     return JSON.parse(new TextDecoder().decode(merged));
   },
 
-  async score({ prompt, image }) {
-    return serial(async () => JSON.parse(await engine.score(prompt, image, undefined)));
+  async score({ prompt, image, preprocess }) {
+    return serial(async () => JSON.parse(await engine.score(prompt, image, preprocess)));
   },
 };
 

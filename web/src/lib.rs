@@ -182,6 +182,8 @@ fn steering_rewards<'a>(
     }
 }
 
+const NO_GENERATOR: &str = "no generator loaded: load a diffusers snapshot (load_model or load_staged); a CLIP alone scores";
+
 pub(crate) fn js(e: tastebud_core::Error) -> JsError {
     JsError::new(&e.to_string())
 }
@@ -355,7 +357,7 @@ impl Tastebud {
             .await
             .map_err(|e| JsError::new(&e))?;
         let mut report = Vec::new();
-        let mut generator = ModelFiles::default();
+        let mut generator: Option<ModelFiles> = None;
         let mut clip = ModelFiles::default();
         let mut note = |name: &str, bytes: &[u8], source: Source| {
             report.push(json!({"file": name, "bytes": bytes.len(), "source": source.name()}));
@@ -378,25 +380,33 @@ impl Tastebud {
                         .map_err(|e| JsError::new(&e))
                 };
                 let index_name = format!("{prefix}model_index.json");
-                let (index, source) = fetch(&mut store, &index_name).await?;
-                note(&index_name, &index, source);
-                let groups = ModelIndex::parse(&index_name, &index).map_err(js)?.files();
-                generator.insert("model_index.json", index);
-                for group in groups {
-                    let Some(name) = group
-                        .iter()
-                        .find(|n| listed(&format!("{prefix}{n}")).is_some())
-                    else {
-                        continue; // Pipeline::from_files names what is missing
-                    };
-                    let (bytes, source) = fetch(&mut store, &format!("{prefix}{name}")).await?;
-                    note(&format!("{prefix}{name}"), &bytes, source);
-                    generator.insert(name.clone(), bytes);
-                }
+                // Without a model_index.json the folder is a CLIP alone (its files at the root).
+                let clip_prefix = if listed(&index_name).is_some() {
+                    let (index, source) = fetch(&mut store, &index_name).await?;
+                    note(&index_name, &index, source);
+                    let groups = ModelIndex::parse(&index_name, &index).map_err(js)?.files();
+                    let files = generator.get_or_insert_default();
+                    files.insert("model_index.json", index);
+                    for group in groups {
+                        let Some(name) = group
+                            .iter()
+                            .find(|n| listed(&format!("{prefix}{n}")).is_some())
+                        else {
+                            continue; // Pipeline::from_files names what is missing
+                        };
+                        let (bytes, source) = fetch(&mut store, &format!("{prefix}{name}")).await?;
+                        note(&format!("{prefix}{name}"), &bytes, source);
+                        files.insert(name.clone(), bytes);
+                    }
+                    "clip/"
+                } else {
+                    ""
+                };
                 for name in CLIP_FILES {
-                    if listed(&format!("clip/{name}")).is_some() {
-                        let (bytes, source) = fetch(&mut store, &format!("clip/{name}")).await?;
-                        note(&format!("clip/{name}"), &bytes, source);
+                    let path = format!("{clip_prefix}{name}");
+                    if listed(&path).is_some() {
+                        let (bytes, source) = fetch(&mut store, &path).await?;
+                        note(&path, &bytes, source);
                         clip.insert(*name, bytes);
                     }
                 }
@@ -405,56 +415,107 @@ impl Tastebud {
                 let index = store
                     .download("model_index.json", &format!("{base}model_index.json"), None)
                     .await
-                    .map_err(|e| JsError::new(&e))?
-                    .ok_or_else(|| {
-                        JsError::new(&format!(
-                            "{base} is not a model: it has neither manifest.json nor \
-                             model_index.json"
-                        ))
-                    })?;
-                note("model_index.json", &index, Source::Network);
-                let groups = ModelIndex::parse("model_index.json", &index)
-                    .map_err(js)?
-                    .files();
-                generator.insert("model_index.json", index);
-                for group in groups {
-                    for name in group {
-                        let url = format!("{base}{name}");
+                    .map_err(|e| JsError::new(&e))?;
+                if let Some(index) = index {
+                    note("model_index.json", &index, Source::Network);
+                    let groups = ModelIndex::parse("model_index.json", &index)
+                        .map_err(js)?
+                        .files();
+                    let files = generator.get_or_insert_default();
+                    files.insert("model_index.json", index);
+                    for group in groups {
+                        for name in group {
+                            let url = format!("{base}{name}");
+                            let got = store
+                                .download(&name, &url, None)
+                                .await
+                                .map_err(|e| JsError::new(&e))?;
+                            if let Some(bytes) = got {
+                                note(&name, &bytes, Source::Network);
+                                files.insert(name, bytes);
+                                break;
+                            }
+                        }
+                    }
+                } else {
+                    // A transformers CLIP folder (the loader names what is missing).
+                    for name in CLIP_FILES {
                         let got = store
-                            .download(&name, &url, None)
+                            .download(name, &format!("{base}{name}"), None)
                             .await
                             .map_err(|e| JsError::new(&e))?;
                         if let Some(bytes) = got {
-                            note(&name, &bytes, Source::Network);
-                            generator.insert(name, bytes);
-                            break;
+                            note(name, &bytes, Source::Network);
+                            clip.insert(*name, bytes);
                         }
+                    }
+                    if clip.iter().next().is_none() {
+                        return Err(JsError::new(&format!(
+                            "{base} is not a model: it has none of manifest.json, \
+                             model_index.json (a diffusers snapshot) or config.json (a CLIP)"
+                        )));
                     }
                 }
             }
         }
-        generator.origin = base.clone();
-        let mut pipeline = Pipeline::from_files(generator, &self.device.device).map_err(js)?;
-        pipeline.set_buffer_limit(self.device.max_buffer_bytes);
-        // Said up front, not at the first picture: the model's own size does not fit this
-        // device's buffers (SD's VAE at 512 px needs 256 MiB; WebGPU often allows 128 MiB).
-        let probe = Request {
-            prompt: String::new(),
-            noise: None,
-            seed: 0,
-            steps: 1,
-            height: None,
-            width: None,
-        };
-        if let Err(e) = pipeline.prepare(&probe) {
-            store.warnings.push(format!(
-                "at its own size this model does not fit {}: {e}",
-                self.device.describe()
-            ));
+        let has_generator = generator.is_some();
+        if let Some(files) = &mut generator {
+            files.origin = base.clone();
         }
+        clip.origin = if has_generator {
+            format!("{base}clip/")
+        } else {
+            base.clone()
+        };
+        let has_clip = self.install(generator, clip, &mut store.warnings)?;
+        Ok(json!({
+            "files": report,
+            "warnings": store.warnings,
+            "generator": has_generator,
+            "clip": has_clip,
+        })
+        .to_string())
+    }
+
+    /// Loads the staged files (`add_file`) as `load_model` loads a fetched folder: the generator
+    /// from `generator/` or the root (`model_index.json` and its components), the CLIP from
+    /// `clip/` when staged (the scoring model, the reward and the taste's embedding), or, with
+    /// no `model_index.json`, a CLIP alone from the root. For a picked folder, its files named
+    /// by their path in it. Returns JSON `{warnings, generator, clip}`.
+    pub fn load_staged(&mut self, origin: String) -> Result<String, JsError> {
+        let mut staged = std::mem::take(&mut self.pending);
+        staged.origin = origin.clone();
+        let mut clip = staged.subfolder("clip");
+        clip.origin = format!("{origin}/clip");
+        let generator = if staged.contains("generator/model_index.json") {
+            Some(staged.subfolder("generator"))
+        } else if staged.contains("model_index.json") {
+            Some(staged)
+        } else {
+            clip = staged;
+            None
+        };
+        let has_generator = generator.is_some();
+        let mut warnings = Vec::new();
+        let has_clip = self.install(generator, clip, &mut warnings)?;
+        Ok(json!({"warnings": warnings, "generator": has_generator, "clip": has_clip}).to_string())
+    }
+
+    /// Makes `generator` (if any) the pipeline and, unless empty, `clip` the scoring model, the
+    /// reward and the taste's CLIP; says in `warnings` when the model's own size does not fit
+    /// the device. Returns whether a CLIP was loaded.
+    fn install(
+        &mut self,
+        generator: Option<ModelFiles>,
+        clip: ModelFiles,
+        warnings: &mut Vec<String>,
+    ) -> Result<bool, JsError> {
+        let pipeline = match generator {
+            Some(files) => Some(self.pipeline_of(files, warnings)?),
+            None => None,
+        };
         let has_clip = clip.iter().next().is_some();
         if has_clip {
-            clip.origin = format!("{base}clip/");
             let reward =
                 rewards::load(RewardKind::Clip, clip.clone(), &self.device.device).map_err(js)?;
             self.clip = Some(Clip::from_files(clip.clone(), &self.device.device).map_err(js)?);
@@ -469,14 +530,35 @@ impl Tastebud {
                 .map_err(js)?,
             );
         }
-        self.pipeline = Some(pipeline);
-        Ok(json!({
-            "files": report,
-            "warnings": store.warnings,
-            "generator": true,
-            "clip": has_clip,
-        })
-        .to_string())
+        self.pipeline = pipeline;
+        Ok(has_clip)
+    }
+
+    /// A generation pipeline from a snapshot's files; `warnings` says up front, not at the
+    /// first picture, when the model's own size does not fit this device's buffers (SD's VAE
+    /// at 512 px needs 256 MiB; WebGPU often allows 128 MiB).
+    fn pipeline_of(
+        &self,
+        generator: ModelFiles,
+        warnings: &mut Vec<String>,
+    ) -> Result<Pipeline, JsError> {
+        let mut pipeline = Pipeline::from_files(generator, &self.device.device).map_err(js)?;
+        pipeline.set_buffer_limit(self.device.max_buffer_bytes);
+        let probe = Request {
+            prompt: String::new(),
+            noise: None,
+            seed: 0,
+            steps: 1,
+            height: None,
+            width: None,
+        };
+        if let Err(e) = pipeline.prepare(&probe) {
+            warnings.push(format!(
+                "at its own size this model does not fit {}: {e}",
+                self.device.describe()
+            ));
+        }
+        Ok(pipeline)
     }
 
     /// Steers `optimize(..., with_taste = true)` by a person's fitted `head` on the model's
@@ -526,17 +608,6 @@ impl Tastebud {
         Ok(json!(index.files()).to_string())
     }
 
-    /// Loads the staged files (`model_index.json` and the fetched components, named by their
-    /// path in the snapshot) as a generation pipeline.
-    pub fn load_pipeline(&mut self, origin: String) -> Result<(), JsError> {
-        let mut files = std::mem::take(&mut self.pending);
-        files.origin = origin;
-        let mut pipeline = Pipeline::from_files(files, &self.device.device).map_err(js)?;
-        pipeline.set_buffer_limit(self.device.max_buffer_bytes);
-        self.pipeline = Some(pipeline);
-        Ok(())
-    }
-
     /// Generates an image. `noise`: the bytes of a `.npy` or safetensors unit-Gaussian tensor
     /// `[1, 4, H/8, W/8]` (diffusers' image for that noise), or `undefined` to draw it from
     /// `seed`. `height`/`width`: pixels, or `undefined` for the noise's or model's size.
@@ -552,7 +623,7 @@ impl Tastebud {
         let pipeline = self
             .pipeline
             .as_ref()
-            .ok_or_else(|| JsError::new("no pipeline loaded: call load_pipeline first"))?;
+            .ok_or_else(|| JsError::new(NO_GENERATOR))?;
         let noise = match &noise {
             Some(bytes) => Some(Noise::from_bytes("noise", bytes).map_err(js)?),
             None => None,
@@ -612,7 +683,7 @@ impl Tastebud {
         let pipeline = self
             .pipeline
             .as_ref()
-            .ok_or_else(|| JsError::new("no pipeline loaded: call load_pipeline first"))?;
+            .ok_or_else(|| JsError::new(NO_GENERATOR))?;
         let rewards = steering_rewards(&mut self.rewards, &mut self.taste, with_taste)?;
         let noise = match &noise {
             Some(bytes) => Some(Noise::from_bytes("noise", bytes).map_err(js)?),
@@ -703,7 +774,7 @@ impl Tastebud {
         let pipeline = self
             .pipeline
             .as_ref()
-            .ok_or_else(|| JsError::new("no pipeline loaded: call load_pipeline first"))?;
+            .ok_or_else(|| JsError::new(NO_GENERATOR))?;
         let rewards = steering_rewards(&mut self.rewards, &mut self.taste, with_taste)?;
         let method = match method.as_str() {
             "best-of-n" => Method::BestOfN {

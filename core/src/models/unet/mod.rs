@@ -3,6 +3,7 @@
 //! weights load unchanged.
 
 pub mod config;
+pub mod ldm;
 pub mod transformer;
 
 use burn::module::Module;
@@ -235,12 +236,23 @@ impl UNet {
         let config = UNetConfig::parse(raw, &config_file)?;
         let name = files.first_of(DIFFUSERS_WEIGHTS)?;
         let file = files.label(name);
-        let bytes = files.take(name).unwrap_or_default();
-        let model = weights::load_into(
+        let mut bytes = files.take(name).unwrap_or_default();
+        if bytes.starts_with(b"GGUF") {
+            bytes = crate::gguf::to_safetensors(&file, &bytes)?;
+        }
+        // stable-diffusion.cpp's and ComfyUI-GGUF's files keep the original (LDM) names.
+        let names = weights::inspect(&file, &bytes)?;
+        let (renames, others) = if ldm::is_ldm(names.keys().map(String::as_str)) {
+            (ldm::renames(&config), ldm::OTHER_MODELS)
+        } else {
+            (Vec::new(), &[][..])
+        };
+        let model = weights::load_remapped(
             UNet2DConditionModel::new(&config, device),
             &file,
             bytes,
-            &[],
+            others,
+            &renames,
         )?;
         Ok(Self { model, config })
     }
