@@ -918,6 +918,60 @@ fn quantize_writes_gguf_snapshots_that_generate() {
         "{}",
         stderr(&bad)
     );
+
+    // --mix: the matched tensors (by folder/name) in another format, the rest in --to.
+    let dir = std::env::temp_dir().join(format!("tastebud-quantize-mix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = tastebud(&[
+        "quantize",
+        "--model",
+        &model,
+        "--to",
+        "q4_0",
+        "--mix",
+        "unet/up_blocks.0=q8_0",
+        "--mix",
+        "text_encoder/=q5_0",
+        "--out",
+        &dir.display().to_string(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stored = |file: &str, name: &str| {
+        report["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["file"] == file && t["tensor"]["name"] == name)
+            .map(|t| t["tensor"]["stored_as"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{file}: no {name} in {report}"))
+    };
+    let unet = "unet/diffusion_pytorch_model.gguf";
+    assert_eq!(stored(unet, "up_blocks.0.resnets.0.conv1.weight"), "q8_0");
+    assert_eq!(stored(unet, "up_blocks.1.resnets.0.conv1.weight"), "q4_0");
+    let text = "text_encoder/model.gguf";
+    assert_eq!(
+        stored(text, "text_model.encoder.layers.0.self_attn.q_proj.weight"),
+        "q5_0"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let bad = tastebud(&[
+        "quantize",
+        "--model",
+        &model,
+        "--to",
+        "q4_0",
+        "--mix",
+        "unet",
+        "--out",
+        "/tmp/never",
+    ]);
+    assert!(
+        stderr(&bad).contains("--mix unet: expected PART=TYPE"),
+        "{}",
+        stderr(&bad)
+    );
 }
 
 /// `--unet FILE`: a ComfyUI-GGUF file in the original LDM names (tests/fixtures/gguf, made by

@@ -547,16 +547,30 @@ pub struct QuantizedTensor {
     pub bytes: u64,
 }
 
-/// A weight file (safetensors or a `torch.save` archive) as GGUF with its tensors in `kind`:
-/// every float tensor of two or more dimensions whose values per output row (the product of
-/// all but the first dimension: a 3x3 convolution's `I * 9`) fill whole blocks, except names
-/// containing one of `keep`; the rest stay as stored (biases, norms, embeddings of odd width).
-/// Tensors of more than two dimensions are stored as `[O, rest]` with their shape recorded.
+/// Which block format each tensor gets. Names are matched as `scope/name` (the component's
+/// folder, e.g. `unet/up_blocks.1.resnets.0.conv1.weight`), by substring.
+#[derive(Debug, Clone)]
+pub struct QuantPolicy {
+    /// The format of every tensor not matched below.
+    pub kind: QuantType,
+    /// Tensors kept as stored.
+    pub keep: Vec<String>,
+    /// Tensors in another format (the first match wins), e.g. the layers most sensitive to q4.
+    pub mix: Vec<(String, QuantType)>,
+    /// The component the file belongs to (its folder in the model), or empty.
+    pub scope: String,
+}
+
+/// A weight file (safetensors or a `torch.save` archive) as GGUF with its tensors in the
+/// policy's formats: every float tensor of two or more dimensions whose values per output row
+/// (the product of all but the first dimension: a 3x3 convolution's `I * 9`) fill whole
+/// blocks, except those the policy keeps; the rest stay as stored (biases, norms, embeddings
+/// of odd width). Tensors of more than two dimensions are stored as `[O, rest]` with their
+/// shape recorded.
 pub fn quantize_weights(
     file: &str,
     bytes: &[u8],
-    kind: QuantType,
-    keep: &[String],
+    policy: &QuantPolicy,
     metadata: Vec<(String, Value)>,
 ) -> Result<(Vec<u8>, Vec<QuantizedTensor>)> {
     let tensors = crate::torch_pickle::read_tensors(file, bytes)?;
@@ -578,7 +592,17 @@ pub fn quantize_weights(
         };
         let rows = t.shape.first().copied().unwrap_or(1);
         let per_row: usize = t.shape.iter().skip(1).product();
-        let why_kept = if let Some(k) = keep.iter().find(|k| name.contains(k.as_str())) {
+        let path = if policy.scope.is_empty() {
+            name.clone()
+        } else {
+            format!("{}/{name}", policy.scope)
+        };
+        let kind = policy
+            .mix
+            .iter()
+            .find(|(part, _)| path.contains(part.as_str()))
+            .map_or(policy.kind, |(_, kind)| *kind);
+        let why_kept = if let Some(k) = policy.keep.iter().find(|k| path.contains(k.as_str())) {
             Some(format!("--keep {k}"))
         } else if t.shape.len() < 2 {
             Some("fewer than two dimensions (a bias, a norm)".to_string())

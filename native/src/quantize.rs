@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
-use tastebud_core::gguf::{self, Value};
+use tastebud_core::gguf::{self, QuantPolicy, Value};
 use tastebud_core::models::DIFFUSERS_WEIGHTS;
 use tastebud_core::models::clip::CLIP_WEIGHTS;
 use tastebud_core::quant::QuantType;
@@ -27,6 +27,10 @@ pub struct QuantizeArgs {
     /// 18.7 to 29.2 dB PSNR for 0.1% more bytes; BENCHMARKS.md). `--keep ''` keeps nothing
     #[arg(long, default_value = "conv_out")]
     keep: Vec<String>,
+    /// Tensors whose `folder/name` contains PART in TYPE instead of --to (repeatable; the first
+    /// match wins), e.g. `--mix unet/up_blocks.1=q8_0` for the layers most sensitive to q4
+    #[arg(long, value_name = "PART=TYPE")]
+    mix: Vec<String>,
     /// The new folder (must not exist yet, or be empty)
     #[arg(long)]
     out: PathBuf,
@@ -71,6 +75,16 @@ fn folders(root: &Path) -> Result<Vec<PathBuf>> {
 
 pub fn quantize(args: &QuantizeArgs) -> Result<()> {
     let kind = QuantType::parse(&args.to)?;
+    let mix = args
+        .mix
+        .iter()
+        .map(|m| match m.rsplit_once('=') {
+            Some((part, kind)) if !part.is_empty() => {
+                Ok((part.to_string(), QuantType::parse(kind)?))
+            }
+            _ => bail!("--mix {m}: expected PART=TYPE, e.g. unet/up_blocks.1=q8_0"),
+        })
+        .collect::<Result<Vec<_>>>()?;
     let model = match &args.model {
         Some(m) => m.clone(),
         None => shipped::model("generator")?,
@@ -124,20 +138,29 @@ pub fn quantize(args: &QuantizeArgs) -> Result<()> {
             ),
             (
                 "tastebud.quantization".to_string(),
-                Value::String(kind.name().into()),
+                Value::String(if mix.is_empty() {
+                    kind.name().to_string()
+                } else {
+                    format!("{} (mixed: {})", kind.name(), args.mix.join(", "))
+                }),
             ),
             (
                 "tastebud.source".to_string(),
                 Value::String(relative.join(source).display().to_string()),
             ),
         ];
-        let keep: Vec<String> = args
-            .keep
-            .iter()
-            .filter(|k| !k.is_empty())
-            .cloned()
-            .collect();
-        let (out, report) = gguf::quantize_weights(&label, &bytes, kind, &keep, metadata)?;
+        let policy = QuantPolicy {
+            kind,
+            keep: args
+                .keep
+                .iter()
+                .filter(|k| !k.is_empty())
+                .cloned()
+                .collect(),
+            mix: mix.clone(),
+            scope: relative.display().to_string(),
+        };
+        let (out, report) = gguf::quantize_weights(&label, &bytes, &policy, metadata)?;
         write_atomic(&target.join(gguf_name), &out)?;
         let quantized = report.iter().filter(|t| t.kept.is_none()).count();
         rows.push(json!({

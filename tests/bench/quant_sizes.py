@@ -22,12 +22,11 @@ SD_TURBO_UNET = dict(
     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
 )
-BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
-
-with torch.device("meta"):
-    unet = UNet2DConditionModel(**SD_TURBO_UNET)
-shapes = {name: tuple(p.shape) for name, p in unet.state_dict().items()}
-params = sum(math.prod(s) for s in shapes.values())
+BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32, "q5_0": 22 / 32, "q4_0": 18 / 32}
+# The mixed q4_0 recipe measured on the shapes model (BENCHMARKS.md), by UNet level: the
+# outermost level (first down block, last up block) q8_0, the next q5_0, the rest q4_0.
+MIXED = [("down_blocks.0.", "q8_0"), ("up_blocks.3.", "q8_0"), ("down_blocks.1.", "q5_0"),
+         ("up_blocks.2.", "q5_0")]
 
 
 def tastebud(shape):
@@ -38,22 +37,34 @@ def sd_cpp(shape):
     return len(shape) >= 2 and shape[-1] % 32 == 0
 
 
-def size(policy, kind):
+def size(shapes, policy, kind, mix=()):
     total = 0.0
-    for shape in shapes.values():
+    for name, shape in shapes.items():
         n = math.prod(shape)
-        total += n * (BYTES_PER_VALUE[kind] if policy(shape) else 2.0)
+        chosen = next((k for part, k in mix if name.startswith(part)), kind)
+        total += n * (BYTES_PER_VALUE[chosen] if policy(shape) else 2.0)
     return total
 
 
-f16 = params * 2.0
-print(f"SD-Turbo UNet: {params / 1e6:.1f} M parameters, f16 {f16 / 1e9:.3f} GB")
-print("| format | Tastebud (GB, x f16) | stable-diffusion.cpp policy (GB, x f16) |")
-print("|---|---|---|")
-for kind in ["q8_0", "q4_0"]:
-    ours, theirs = size(tastebud, kind), size(sd_cpp, kind)
-    print(f"| {kind} | {ours / 1e9:.3f} ({ours / f16:.2f}x) | {theirs / 1e9:.3f} ({theirs / f16:.2f}x) |")
-left = sum(math.prod(s) for s in shapes.values() if not tastebud(s))
-conv = sum(math.prod(s) for s in shapes.values() if len(s) == 4 and s[-1] == 3)
-print(f"left in f16 by Tastebud: {left / 1e6:.2f} M values; 3x3 convolutions: {conv / 1e6:.1f} M values "
-      f"({conv / params:.0%} of the UNet), all quantized by Tastebud, none by stable-diffusion.cpp")
+def main():
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD_TURBO_UNET)
+    shapes = {name: tuple(p.shape) for name, p in unet.state_dict().items()}
+    params = sum(math.prod(s) for s in shapes.values())
+    f16 = params * 2.0
+    print(f"SD-Turbo UNet: {params / 1e6:.1f} M parameters, f16 {f16 / 1e9:.3f} GB")
+    print("| format | Tastebud (GB, x f16) | stable-diffusion.cpp policy (GB, x f16) |")
+    print("|---|---|---|")
+    for kind in ["q8_0", "q4_0"]:
+        ours, theirs = size(shapes, tastebud, kind), size(shapes, sd_cpp, kind)
+        print(f"| {kind} | {ours / 1e9:.3f} ({ours / f16:.2f}x) | {theirs / 1e9:.3f} ({theirs / f16:.2f}x) |")
+    mixed = size(shapes, tastebud, "q4_0", MIXED)
+    print(f"| q4_0 mixed (outer level q8_0, next q5_0) | {mixed / 1e9:.3f} ({mixed / f16:.3f}x) | - |")
+    left = sum(math.prod(s) for s in shapes.values() if not tastebud(s))
+    conv = sum(math.prod(s) for s in shapes.values() if len(s) == 4 and s[-1] == 3)
+    print(f"left in f16 by Tastebud: {left / 1e6:.2f} M values; 3x3 convolutions: {conv / 1e6:.1f} M values "
+          f"({conv / params:.0%} of the UNet), all quantized by Tastebud, none by stable-diffusion.cpp")
+
+
+if __name__ == "__main__":
+    main()
