@@ -1,284 +1,25 @@
-//! PyTorch `.pt` / `.pth` checkpoints (the zip format `torch.save` writes since 1.6) read as
-//! data, never as code. The pickle inside is interpreted by a small stack machine that knows
-//! only what a state dict needs (dicts, lists, tuples, numbers, strings, storages, and the two
-//! tensor rebuild functions); any other import or object construction is refused with its name,
-//! so a checkpoint that would run code under `torch.load` is an error here.
-//!
-//! The result is re-serialised as safetensors bytes, so every checkpoint goes through the same
-//! validated loading path (`weights::load_into`) whatever form it was published in.
-//!
-//! A hostile pickle cannot exhaust the stack or memory: containers nest at most [`MAX_DEPTH`]
-//! levels, the stack holds at most [`MAX_STACK`] values, the memo [`MAX_MEMO`] entries, and
-//! copies out of the memo at most [`MAX_COPIED`] values in all. State dicts need a fraction of
-//! each (a few levels; stacks of a few thousand; a few memo entries per tensor).
+//! The pickle stack machine behind [`super::read_checkpoint`]: the opcodes a state dict uses,
+//! the two tensor rebuild functions and storages as the only imports, every container, stack
+//! and memo bounded (the limits are in the parent module).
 
 use std::collections::BTreeMap;
-use std::io::{Cursor, Read};
 
 use safetensors::Dtype;
 
+use super::{MAX_COPIED, MAX_DEPTH, MAX_MEMO, MAX_STACK, corrupt};
 use crate::{Error, Result};
 
-/// How deep containers may nest (a state dict nests four or five levels).
-pub const MAX_DEPTH: usize = 100;
-/// How many values the pickle's stack may hold.
-pub const MAX_STACK: usize = 1 << 18;
-/// How many memo entries a pickle may make.
-pub const MAX_MEMO: usize = 1 << 21;
-/// How many values (strings counted per 16 bytes) copies out of the memo may make in all.
-pub const MAX_COPIED: usize = 1 << 23;
-
-/// One tensor taken out of a checkpoint: contiguous little-endian data.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RawTensor {
+#[derive(Debug, Clone)]
+pub(super) struct TensorRef {
+    pub storage_key: String,
     pub dtype: Dtype,
-    pub shape: Vec<usize>,
-    pub data: Vec<u8>,
-}
-
-/// Serialises tensors as a safetensors file (for [`crate::weights::load_into`]).
-pub fn to_safetensors(file: &str, tensors: &BTreeMap<String, RawTensor>) -> Result<Vec<u8>> {
-    let views = tensors
-        .iter()
-        .map(|(name, t)| {
-            safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
-                .map(|v| (name.clone(), v))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| corrupt(file, format!("cannot re-serialise tensors: {e}")))?;
-    safetensors::serialize(views, None).map_err(|e| corrupt(file, e.to_string()))
-}
-
-/// Every tensor of a safetensors file, copied out.
-pub fn from_safetensors(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, RawTensor>> {
-    let st =
-        safetensors::SafeTensors::deserialize(bytes).map_err(|e| corrupt(file, e.to_string()))?;
-    Ok(st
-        .tensors()
-        .into_iter()
-        .map(|(name, v)| {
-            let t = RawTensor {
-                dtype: v.dtype(),
-                shape: v.shape().to_vec(),
-                data: v.data().to_vec(),
-            };
-            (name, t)
-        })
-        .collect())
-}
-
-/// The tensors of a weight file in either form: a `torch.save` archive or safetensors.
-pub fn read_tensors(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, RawTensor>> {
-    if is_torch_zip(bytes) {
-        read_checkpoint(file, bytes)
-    } else {
-        from_safetensors(file, bytes)
-    }
-}
-
-/// A weight file as safetensors bytes: a `torch.save` archive or a GGUF file is converted,
-/// anything else is passed through (and validated by the loader).
-pub fn into_safetensors(file: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
-    if bytes.starts_with(b"GGUF") {
-        crate::gguf::to_safetensors(file, &bytes)
-    } else if is_torch_zip(&bytes) {
-        to_safetensors(file, &read_checkpoint(file, &bytes)?)
-    } else {
-        Ok(bytes)
-    }
-}
-
-/// True when `bytes` look like a zip archive (a `torch.save` file) rather than safetensors.
-pub fn is_torch_zip(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"PK\x03\x04")
-}
-
-/// Reads the tensors of a `torch.save` checkpoint. A top-level `state_dict` entry (as in
-/// training checkpoints such as HPSv2's) is taken in place of the top level; other non-tensor
-/// entries (epoch counters, names) are skipped.
-pub fn read_checkpoint(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, RawTensor>> {
-    if bytes.starts_with(&[0x80, 0x02, 0x8a, 0x0a]) {
-        return Err(corrupt(
-            file,
-            "legacy (pre-1.6) torch serialization is not supported; re-save it with a recent \
-             torch or convert it to safetensors"
-                .into(),
-        ));
-    }
-    if !is_torch_zip(bytes) {
-        return Err(corrupt(file, "not a torch.save zip archive".into()));
-    }
-    let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
-        .map_err(|e| corrupt(file, format!("unreadable zip archive: {e}")))?;
-    let names: Vec<String> = archive
-        .file_names()
-        .filter_map(|n| n.ok().map(|n| n.into_owned()))
-        .collect();
-    let pkl_name = names
-        .iter()
-        .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
-        .cloned()
-        .ok_or_else(|| corrupt(file, "no <name>/data.pkl in the archive".into()))?;
-    let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
-    let entry = |archive: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str| -> Result<Vec<u8>> {
-        let f = archive
-            .by_name(name)
-            .map_err(|e| corrupt(file, format!("{name}: {e}")))?;
-        // The declared size comes from the file: read at most that much, and reserve no more
-        // than the archive could hold uncompressed.
-        let declared = f.size();
-        let mut out = Vec::with_capacity((declared as usize).min(bytes.len()));
-        f.take(declared)
-            .read_to_end(&mut out)
-            .map_err(|e| corrupt(file, format!("{name}: {e}")))?;
-        Ok(out)
-    };
-    if names.contains(&format!("{prefix}byteorder"))
-        && entry(&mut archive, &format!("{prefix}byteorder"))? != b"little"
-    {
-        return Err(corrupt(
-            file,
-            "big-endian checkpoints are not supported".into(),
-        ));
-    }
-    let pickle = entry(&mut archive, &pkl_name)?;
-    let root = Machine::new(file).run(&pickle)?;
-    let root = match root {
-        Value::Dict(items) => {
-            let inner = items.iter().find_map(|(k, v)| match (k, v) {
-                (Value::Str(k), Value::Dict(d)) if k == "state_dict" => Some(d.clone()),
-                _ => None,
-            });
-            inner.unwrap_or(items)
-        }
-        other => {
-            return Err(corrupt(
-                file,
-                format!("the pickle holds a {}, not a dict of tensors", other.kind()),
-            ));
-        }
-    };
-    let mut out = BTreeMap::new();
-    for (key, value) in root {
-        let (Value::Str(name), Value::Tensor(t)) = (key, value) else {
-            continue;
-        };
-        // Read per tensor, not cached: storages are rarely shared, and a cache would hold a
-        // second copy of every weight while converting.
-        let storage = entry(&mut archive, &format!("{prefix}data/{}", t.storage_key))?;
-        let data = gather(file, &name, &t, &storage)?;
-        out.insert(
-            name,
-            RawTensor {
-                dtype: t.dtype,
-                shape: t.size.clone(),
-                data,
-            },
-        );
-    }
-    if out.is_empty() {
-        return Err(corrupt(file, "the checkpoint holds no tensors".into()));
-    }
-    Ok(out)
-}
-
-/// A tensor's elements in row-major order, following its strides through the storage.
-fn gather(file: &str, name: &str, t: &TensorRef, storage: &[u8]) -> Result<Vec<u8>> {
-    let elem = element_bytes(t.dtype);
-    let bad = |reason: String| Error::BadTensor {
-        file: file.to_string(),
-        tensor: name.to_string(),
-        reason,
-    };
-    if t.stride.len() != t.size.len() {
-        return Err(bad("size and stride lengths differ".into()));
-    }
-    // Checked arithmetic: sizes and strides come from the file.
-    let overflow = || {
-        bad(format!(
-            "size {:?} / stride {:?} overflow",
-            t.size, t.stride
-        ))
-    };
-    let count = t
-        .size
-        .iter()
-        .try_fold(1usize, |a, &n| a.checked_mul(n))
-        .ok_or_else(overflow)?;
-    let last = t
-        .size
-        .iter()
-        .zip(&t.stride)
-        .try_fold(t.offset, |a, (&n, &s)| {
-            a.checked_add(n.saturating_sub(1).checked_mul(s)?)
-        })
-        .ok_or_else(overflow)?;
-    let end = last
-        .checked_add(1)
-        .and_then(|v| v.checked_mul(elem))
-        .ok_or_else(overflow)?;
-    if count > 0 && end > storage.len() {
-        return Err(bad(format!(
-            "views {end} bytes past its storage of {}",
-            storage.len()
-        )));
-    }
-    if count == 0 {
-        return Ok(vec![]);
-    }
-    let mut row_major = 1;
-    let contiguous = t.size.iter().zip(&t.stride).rev().all(|(&n, &s)| {
-        let ok = n == 1 || s == row_major;
-        row_major *= n;
-        ok
-    });
-    if contiguous {
-        return Ok(storage[t.offset * elem..(t.offset + count) * elem].to_vec());
-    }
-    let mut out = Vec::with_capacity(count * elem);
-    let mut index = vec![0usize; t.size.len()];
-    for _ in 0..count {
-        let at = t.offset
-            + index
-                .iter()
-                .zip(&t.stride)
-                .map(|(i, s)| i * s)
-                .sum::<usize>();
-        out.extend_from_slice(&storage[at * elem..(at + 1) * elem]);
-        for d in (0..index.len()).rev() {
-            index[d] += 1;
-            if index[d] < t.size[d] {
-                break;
-            }
-            index[d] = 0;
-        }
-    }
-    Ok(out)
-}
-
-/// Bytes per element (every dtype a torch storage can hold is whole bytes).
-pub fn element_bytes(dtype: Dtype) -> usize {
-    dtype.bitsize().div_ceil(8)
-}
-
-fn corrupt(file: &str, reason: String) -> Error {
-    Error::CorruptWeights {
-        file: file.to_string(),
-        reason,
-    }
+    pub offset: usize,
+    pub size: Vec<usize>,
+    pub stride: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
-struct TensorRef {
-    storage_key: String,
-    dtype: Dtype,
-    offset: usize,
-    size: Vec<usize>,
-    stride: Vec<usize>,
-}
-
-#[derive(Debug, Clone)]
-enum Value {
+pub(super) enum Value {
     None,
     // Booleans, floats and bytes are kept only as placeholders: no state dict entry needs them.
     Bool,
@@ -334,7 +75,7 @@ impl Value {
         }
     }
 
-    fn kind(&self) -> &'static str {
+    pub(super) fn kind(&self) -> &'static str {
         match self {
             Value::None => "None",
             Value::Bool => "bool",
@@ -380,7 +121,7 @@ fn storage_dtype(name: &str) -> Option<Dtype> {
 }
 
 /// The pickle stack machine (protocols 2-4, the subset `torch.save` emits for state dicts).
-struct Machine<'a> {
+pub(super) struct Machine<'a> {
     file: &'a str,
     stack: Vec<Value>,
     memo: BTreeMap<u32, Value>,
@@ -389,7 +130,7 @@ struct Machine<'a> {
 }
 
 impl<'a> Machine<'a> {
-    fn new(file: &'a str) -> Self {
+    pub(super) fn new(file: &'a str) -> Self {
         Self {
             file,
             stack: vec![],
@@ -456,7 +197,7 @@ impl<'a> Machine<'a> {
             .ok_or_else(|| corrupt(file, "data.pkl: stack underflow".into()))
     }
 
-    fn run(mut self, code: &[u8]) -> Result<Value> {
+    pub(super) fn run(mut self, code: &[u8]) -> Result<Value> {
         let mut r = Reader { code, at: 0 };
         loop {
             let op = r.u8().ok_or_else(|| self.err("ends before STOP"))?;
