@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 
 import torch
@@ -33,6 +34,18 @@ def sha256(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def drop_work_paths(folder):
+    """Removes the `_name_or_path` lines (a local path, not part of the model) from its configs."""
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if name.endswith(".json"):
+                path = os.path.join(root, name)
+                with open(path) as f:
+                    text = f.read()
+                with open(path, "w") as f:
+                    f.write(re.sub(r'\n\s*"_name_or_path": "[^"]*",', "", text))
 
 
 def main():
@@ -67,6 +80,10 @@ def main():
     proxy_dir = os.path.join(common.OUT, "proxy")
     shutil.rmtree(proxy_dir, ignore_errors=True)
     AutoencoderTiny.from_pretrained(f"{common.WORK}/proxy").to(torch.float16).save_pretrained(proxy_dir)
+
+    # save_pretrained records where the weights were read from (this machine's work folder).
+    for folder in (gen_dir, clip_dir, proxy_dir):
+        drop_work_paths(folder)
 
     reports = {}
     for stage in ("clip", "clip-position", "vae", "proxy", "unet", "unet-1b", "distill"):
