@@ -820,22 +820,19 @@ fn ctrl_c_stops_optimize_and_keeps_the_best() {
 fn quantize_writes_gguf_snapshots_that_generate() {
     let case = &reference_json()["pipelines"][1]; // sd-turbo-tiny, 48x40
     let model = fixture(case["model"].as_str().unwrap());
+    // `tastebud quantize --model <the tiny SD-Turbo> ARGS...`
+    let quantize = |args: &[&str]| {
+        let mut all = vec!["quantize", "--model", model.as_str()];
+        all.extend_from_slice(args);
+        tastebud(&all)
+    };
     let (_, _, want) = fixture_png(case["image"].as_str().unwrap());
     // Measured: q8_0 1 level at most, q4_0 8 (mean 0.97).
     for (kind, bound) in [("q8_0", 2), ("q4_0", 16)] {
         let dir =
             std::env::temp_dir().join(format!("tastebud-quantize-{}-{kind}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let out = tastebud(&[
-            "quantize",
-            "--model",
-            &model,
-            "--to",
-            kind,
-            "--out",
-            &dir.display().to_string(),
-            "--json",
-        ]);
+        let out = quantize(&["--to", kind, "--out", &dir.display().to_string(), "--json"]);
         assert!(out.status.success(), "{kind}: {}", stderr(&out));
         let report: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(
@@ -888,15 +885,7 @@ fn quantize_writes_gguf_snapshots_that_generate() {
         );
 
         // Nothing is overwritten; unknown formats are named.
-        let again = tastebud(&[
-            "quantize",
-            "--model",
-            &model,
-            "--to",
-            kind,
-            "--out",
-            &dir.display().to_string(),
-        ]);
+        let again = quantize(&["--to", kind, "--out", &dir.display().to_string()]);
         assert!(
             stderr(&again).contains("exists and is not empty"),
             "{}",
@@ -904,15 +893,7 @@ fn quantize_writes_gguf_snapshots_that_generate() {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let bad = tastebud(&[
-        "quantize",
-        "--model",
-        &model,
-        "--to",
-        "q3_k",
-        "--out",
-        "/tmp/never",
-    ]);
+    let bad = quantize(&["--to", "q3_k", "--out", "/tmp/never"]);
     assert!(
         stderr(&bad).contains("q3_k: known types are q8_0"),
         "{}",
@@ -922,10 +903,7 @@ fn quantize_writes_gguf_snapshots_that_generate() {
     // --mix: the matched tensors (by folder/name) in another format, the rest in --to.
     let dir = std::env::temp_dir().join(format!("tastebud-quantize-mix-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = tastebud(&[
-        "quantize",
-        "--model",
-        &model,
+    let out = quantize(&[
         "--to",
         "q4_0",
         "--mix",
@@ -956,17 +934,7 @@ fn quantize_writes_gguf_snapshots_that_generate() {
         "q5_0"
     );
     let _ = std::fs::remove_dir_all(&dir);
-    let bad = tastebud(&[
-        "quantize",
-        "--model",
-        &model,
-        "--to",
-        "q4_0",
-        "--mix",
-        "unet",
-        "--out",
-        "/tmp/never",
-    ]);
+    let bad = quantize(&["--to", "q4_0", "--mix", "unet", "--out", "/tmp/never"]);
     assert!(
         stderr(&bad).contains("--mix unet: expected PART=TYPE"),
         "{}",
