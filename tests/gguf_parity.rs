@@ -259,3 +259,44 @@ fn an_ldm_unet_file_missing_a_tensor_names_it() {
         "{err}"
     );
 }
+
+/// A tensor stored flattened gets its recorded shape back (ComfyUI-GGUF's int32 list here);
+/// a recorded shape that does not fit the values, or is not a list, is named.
+#[test]
+fn recorded_shapes_are_restored_or_named() {
+    let values: Vec<u8> = (0..64).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let tensor = || TensorData {
+        name: "w".into(),
+        shape: vec![2, 32],
+        kind: TensorType::F32,
+        bytes: values.clone(),
+    };
+    let dims = |d: &[i32]| Value::Array(5, d.iter().map(|&x| Value::I32(x)).collect());
+    let file = |meta: Value| {
+        gguf::write(
+            &[("comfy.gguf.orig_shape.w".to_string(), meta)],
+            &[tensor()],
+        )
+        .unwrap()
+    };
+    let st = gguf::to_safetensors("ok.gguf", &file(dims(&[2, 4, 8]))).unwrap();
+    let header = tastebud_core::weights::inspect("ok.gguf", &st).unwrap();
+    assert_eq!(header["w"].shape, vec![2, 4, 8]);
+
+    let err = gguf::to_safetensors("bad.gguf", &file(dims(&[3, 7])))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bad.gguf")
+            && err.contains("comfy.gguf.orig_shape.w")
+            && err.contains("64 values"),
+        "{err}"
+    );
+    let err = gguf::to_safetensors("odd.gguf", &file(Value::U32(64)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("odd.gguf") && err.contains("not a list of dimensions"),
+        "{err}"
+    );
+}
