@@ -484,55 +484,108 @@ fn comfy_shape_key(name: &str) -> String {
     format!("comfy.gguf.orig_shape.{name}")
 }
 
-/// A GGUF weight file as f32 safetensors bytes (what [`crate::weights::load_into`] reads):
-/// every tensor dequantized or widened, flattened ones restored to their recorded shape.
-pub fn to_safetensors(file: &str, bytes: &[u8]) -> Result<Vec<u8>> {
-    let gguf = GgufFile::parse(file, bytes)?;
-    let mut tensors = std::collections::BTreeMap::new();
-    for info in &gguf.tensors {
-        let values = gguf.values(info)?;
-        let recorded = [shape_key(&info.name), comfy_shape_key(&info.name)]
-            .into_iter()
-            .find_map(|key| gguf.metadata(&key).map(|value| (key, value)));
-        let shape = match recorded {
-            Some((key, Value::Array(_, dims))) => {
-                let dims: Option<Vec<usize>> = dims
-                    .iter()
-                    .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-                    .collect();
-                match dims {
-                    Some(d) if d.iter().product::<usize>() == values.len() => d,
-                    _ => {
-                        return Err(Error::Damaged {
-                            file: file.to_string(),
-                            reason: format!(
-                                "{key} does not describe tensor {}'s {} values",
-                                info.name,
-                                values.len()
-                            ),
-                        });
-                    }
-                }
-            }
-            Some((key, _)) => {
-                return Err(Error::Damaged {
-                    file: file.to_string(),
-                    reason: format!("{key} is not a list of dimensions"),
-                });
-            }
-            None => info.shape.clone(),
-        };
-        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        tensors.insert(
-            info.name.clone(),
-            crate::torch_pickle::RawTensor {
-                dtype: safetensors::Dtype::F32,
-                shape,
-                data,
-            },
-        );
+/// A tensor stored in ggml blocks, not yet unpacked: [`crate::weights::load_remapped`] hands
+/// it to a layer that keeps it quantized on the device, or widens it for one that cannot.
+#[derive(Debug, Clone)]
+pub struct BlockTensor<'a> {
+    pub kind: QuantType,
+    /// The tensor's own shape (a recorded shape restored); blocks run along its row-major
+    /// values, whatever two-dimensional view the file stored.
+    pub shape: Vec<usize>,
+    pub raw: &'a [u8],
+}
+
+impl BlockTensor<'_> {
+    /// The values widened to f32, in the tensor's own shape.
+    pub fn dense(&self, what: &str) -> Result<crate::torch_pickle::RawTensor> {
+        let values = quant::dequantize(what, self.raw, self.kind)?;
+        Ok(crate::torch_pickle::RawTensor {
+            dtype: safetensors::Dtype::F32,
+            shape: self.shape.clone(),
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        })
     }
-    crate::torch_pickle::to_safetensors(file, &tensors)
+}
+
+/// A GGUF weight file's tensors: float ones widened to f32 (`dense`), quantized ones as blocks.
+#[derive(Debug)]
+pub struct WeightTensors<'a> {
+    pub dense: std::collections::BTreeMap<String, crate::torch_pickle::RawTensor>,
+    pub blocks: std::collections::BTreeMap<String, BlockTensor<'a>>,
+}
+
+/// Reads a GGUF weight file's tensors, flattened ones restored to their recorded shape.
+pub fn read_weights<'a>(file: &str, bytes: &'a [u8]) -> Result<WeightTensors<'a>> {
+    let gguf = GgufFile::parse(file, bytes)?;
+    let mut out = WeightTensors {
+        dense: Default::default(),
+        blocks: Default::default(),
+    };
+    for info in &gguf.tensors {
+        let shape = recorded_shape(&gguf, info)?;
+        match info.kind {
+            TensorType::Quant(kind) => {
+                let raw = gguf.raw(info);
+                out.blocks
+                    .insert(info.name.clone(), BlockTensor { kind, shape, raw });
+            }
+            _ => {
+                let values = gguf.values(info)?;
+                let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let tensor = crate::torch_pickle::RawTensor {
+                    dtype: safetensors::Dtype::F32,
+                    shape,
+                    data,
+                };
+                out.dense.insert(info.name.clone(), tensor);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A tensor's shape: the one recorded in the metadata for a flattened tensor, else as stored.
+fn recorded_shape(gguf: &GgufFile, info: &TensorInfo) -> Result<Vec<usize>> {
+    let count: usize = info.shape.iter().product();
+    let recorded = [shape_key(&info.name), comfy_shape_key(&info.name)]
+        .into_iter()
+        .find_map(|key| gguf.metadata(&key).map(|value| (key, value)));
+    match recorded {
+        Some((key, Value::Array(_, dims))) => {
+            let dims: Option<Vec<usize>> = dims
+                .iter()
+                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                .collect();
+            match dims {
+                Some(d) if d.iter().try_fold(1usize, |n, &x| n.checked_mul(x)) == Some(count) => {
+                    Ok(d)
+                }
+                _ => Err(Error::Damaged {
+                    file: gguf.file.clone(),
+                    reason: format!(
+                        "{key} does not describe tensor {}'s {count} values",
+                        info.name
+                    ),
+                }),
+            }
+        }
+        Some((key, _)) => Err(Error::Damaged {
+            file: gguf.file.clone(),
+            reason: format!("{key} is not a list of dimensions"),
+        }),
+        None => Ok(info.shape.clone()),
+    }
+}
+
+/// A GGUF weight file as f32 safetensors bytes: every tensor dequantized or widened,
+/// flattened ones restored to their recorded shape.
+pub fn to_safetensors(file: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+    let WeightTensors { mut dense, blocks } = read_weights(file, bytes)?;
+    for (name, t) in blocks {
+        let tensor = t.dense(&format!("{file}: tensor {name}"))?;
+        dense.insert(name, tensor);
+    }
+    crate::torch_pickle::to_safetensors(file, &dense)
 }
 
 /// What [`quantize_weights`] did to each tensor.

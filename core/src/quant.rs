@@ -238,8 +238,8 @@ pub fn quantize(what: &str, values: &[f32], kind: QuantType) -> Result<Vec<u8>> 
     Ok(out)
 }
 
-/// Dequantizes whole blocks; `what` names the data in errors.
-pub fn dequantize(what: &str, bytes: &[u8], kind: QuantType) -> Result<Vec<f32>> {
+/// The block size of `kind`, once `bytes` are checked to be whole blocks of it.
+fn whole_blocks(what: &str, bytes: &[u8], kind: QuantType) -> Result<usize> {
     let size = kind.block_bytes();
     if !bytes.len().is_multiple_of(size) {
         return Err(Error::argument(
@@ -251,6 +251,12 @@ pub fn dequantize(what: &str, bytes: &[u8], kind: QuantType) -> Result<Vec<f32>>
             ),
         ));
     }
+    Ok(size)
+}
+
+/// Dequantizes whole blocks; `what` names the data in errors.
+pub fn dequantize(what: &str, bytes: &[u8], kind: QuantType) -> Result<Vec<f32>> {
+    let size = whole_blocks(what, bytes, kind)?;
     let mut out = Vec::with_capacity(bytes.len() / size * BLOCK);
     for b in bytes.chunks_exact(size) {
         let d = f16_at(b, 0);
@@ -277,6 +283,45 @@ pub fn dequantize(what: &str, bytes: &[u8], kind: QuantType) -> Result<Vec<f32>>
         }
     }
     Ok(out)
+}
+
+/// Blocks repacked for a device: each block's codes as little-endian i32 words (`words_per_block`
+/// of them: Q8_0 8, Q4_0/Q4_1 4, Q5_0/Q5_1 5 with the fifth bits first) and its scales widened
+/// to f32 (`d`, then `m` for the `_1` formats). The same bytes as the file, less the padding of
+/// nothing: [`crate::models::packed::unpack`] turns them back into values in the graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedBlocks {
+    pub words: Vec<i32>,
+    pub words_per_block: usize,
+    pub scales: Vec<f32>,
+    pub scales_per_block: usize,
+}
+
+/// Repacks `bytes` (whole blocks of `kind`) for the device; see [`PackedBlocks`].
+pub fn pack(what: &str, bytes: &[u8], kind: QuantType) -> Result<PackedBlocks> {
+    let size = whole_blocks(what, bytes, kind)?;
+    let scales_per_block = match kind {
+        QuantType::Q4_1 | QuantType::Q5_1 => 2,
+        _ => 1,
+    };
+    let words_per_block = (size - 2 * scales_per_block) / 4;
+    let blocks = bytes.len() / size;
+    let mut words = Vec::with_capacity(blocks * words_per_block);
+    let mut scales = Vec::with_capacity(blocks * scales_per_block);
+    for b in bytes.chunks_exact(size) {
+        scales.extend((0..scales_per_block).map(|i| f16_at(b, 2 * i)));
+        words.extend(
+            b[2 * scales_per_block..]
+                .chunks_exact(4)
+                .map(|w| i32::from_le_bytes([w[0], w[1], w[2], w[3]])),
+        );
+    }
+    Ok(PackedBlocks {
+        words,
+        words_per_block,
+        scales,
+        scales_per_block,
+    })
 }
 
 #[cfg(test)]

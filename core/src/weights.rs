@@ -46,13 +46,19 @@ pub fn inspect(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, TensorInfo>>
         .collect())
 }
 
+/// The names of a weight file's tensors (safetensors or GGUF).
+pub fn tensor_names(file: &str, bytes: &[u8]) -> Result<Vec<String>> {
+    if bytes.starts_with(b"GGUF") {
+        let gguf = crate::gguf::GgufFile::parse(file, bytes)?;
+        Ok(gguf.tensors.into_iter().map(|t| t.name).collect())
+    } else {
+        Ok(inspect(file, bytes)?.into_keys().collect())
+    }
+}
+
 /// Reads a single-element float tensor (e.g. CLIP's `logit_scale`), if the file has it.
 pub fn read_scalar(file: &str, bytes: &[u8], name: &str) -> Result<Option<f32>> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::CorruptWeights {
-        file: file.to_string(),
-        reason: e.to_string(),
-    })?;
-    if st.tensor(name).is_err() {
+    if !tensor_names(file, bytes)?.iter().any(|n| n == name) {
         return Ok(None);
     }
     let values = read_f32(file, bytes, name)?;
@@ -68,17 +74,25 @@ pub fn read_scalar(file: &str, bytes: &[u8], name: &str) -> Result<Option<f32>> 
     }
 }
 
-/// Reads one float tensor (F32, F16 or BF16) to f32 values, in file order.
+/// Reads one float tensor (F32, F16 or BF16; or any GGUF type) to f32 values, in file order.
 pub fn read_f32(file: &str, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
+    let absent = |reason: String| Error::BadTensor {
+        file: file.to_string(),
+        tensor: name.to_string(),
+        reason,
+    };
+    if bytes.starts_with(b"GGUF") {
+        let gguf = crate::gguf::GgufFile::parse(file, bytes)?;
+        let info = gguf
+            .tensor(name)
+            .ok_or_else(|| absent("not in the file".to_string()))?;
+        return gguf.values(info);
+    }
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::CorruptWeights {
         file: file.to_string(),
         reason: e.to_string(),
     })?;
-    let view = st.tensor(name).map_err(|e| Error::BadTensor {
-        file: file.to_string(),
-        tensor: name.to_string(),
-        reason: e.to_string(),
-    })?;
+    let view = st.tensor(name).map_err(|e| absent(e.to_string()))?;
     to_f32(view.dtype(), view.data()).ok_or_else(|| Error::BadDtype {
         file: file.to_string(),
         tensor: name.to_string(),
@@ -121,20 +135,188 @@ pub fn load_into<M: Module + ModuleSnapshot>(
 
 /// [`load_into`] with the file's keys renamed first: `(regex, replacement)` pairs applied in
 /// order to every key, for the rare model whose upstream layout cannot be mirrored field by field.
+///
+/// A GGUF file's quantized weights stay quantized on the device in every layer that can hold
+/// them so ([`crate::models::packed`]); any other tensor is widened to f32 as it loads.
 pub fn load_remapped<M: Module + ModuleSnapshot>(
-    mut module: M,
+    module: M,
     file: &str,
     bytes: Vec<u8>,
     tolerated_unused: &[&str],
     remap: &[(String, String)],
 ) -> Result<M> {
-    let tolerated = |name: &str| tolerated_unused.iter().any(|t| name.contains(t));
-    // GGUF weights (`tastebud quantize`, ggml's tools) load dequantized, as f32 safetensors.
-    let bytes = if bytes.starts_with(b"GGUF") {
-        crate::gguf::to_safetensors(file, &bytes)?
+    let (module, bytes, packed) = if bytes.starts_with(b"GGUF") {
+        let tensors = crate::gguf::read_weights(file, &bytes)?;
+        let mut dense = tensors.dense;
+        let mut loader = PackedLoader::new(file, tensors.blocks, remap)?;
+        let module = module.map(&mut loader);
+        if let Some(error) = loader.error {
+            return Err(error);
+        }
+        // Blocks no layer took (an embedding, a layer of burn's own) load widened.
+        for (name, t) in loader.blocks {
+            let tensor = t.dense(&format!("{file}: tensor {name}"))?;
+            dense.insert(name, tensor);
+        }
+        let bytes = crate::torch_pickle::to_safetensors(file, &dense)?;
+        (module, bytes, loader.packed)
     } else {
-        bytes
+        (module, bytes, Vec::new())
     };
+    load_dense(module, file, bytes, tolerated_unused, remap, &packed)
+}
+
+/// Fills the packed layers' `qwords`/`qscales` with the blocks of the weight the file holds
+/// under the same (renamed) name, as burn-store would fill a parameter, path for path.
+struct PackedLoader<'a> {
+    file: &'a str,
+    /// The file's quantized tensors not taken yet, by name.
+    blocks: BTreeMap<String, crate::gguf::BlockTensor<'a>>,
+    /// Module path of a layer (a `.weight`'s name renamed, the suffix dropped) -> file name.
+    layers: BTreeMap<String, String>,
+    path: Vec<String>,
+    /// The layer being filled: its path and the scales still to place.
+    pending: Option<(String, crate::quant::PackedBlocks)>,
+    /// Paths of the layers filled.
+    packed: Vec<String>,
+    error: Option<Error>,
+}
+
+impl<'a> PackedLoader<'a> {
+    fn new(
+        file: &'a str,
+        blocks: BTreeMap<String, crate::gguf::BlockTensor<'a>>,
+        remap: &[(String, String)],
+    ) -> Result<Self> {
+        // The same renaming burn-store applies to the file's keys.
+        let rules = burn::store::KeyRemapper::from_patterns(remap.to_vec())
+            .map_err(|e| Error::argument("key table", e.to_string()))?
+            .to_regex_pairs();
+        let rename = |name: &str| {
+            rules.iter().fold(name.to_string(), |key, (from, to)| {
+                from.replace_all(&key, to.as_str()).into_owned()
+            })
+        };
+        let layers = blocks
+            .keys()
+            .filter_map(|name| {
+                let path = rename(name).strip_suffix(".weight")?.to_string();
+                Some((path, name.clone()))
+            })
+            .collect();
+        Ok(Self {
+            file,
+            blocks,
+            layers,
+            path: Vec::new(),
+            pending: None,
+            packed: Vec::new(),
+            error: None,
+        })
+    }
+
+    /// The layer path of a `qwords`/`qscales` parameter being visited.
+    fn layer(&self, param: &str) -> Option<String> {
+        (self.path.last().map(String::as_str) == Some(param))
+            .then(|| self.path[..self.path.len() - 1].join("."))
+    }
+}
+
+impl burn::module::ModuleMapper for PackedLoader<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        // Enum variants add no name, as in PyTorch (and burn-store's `skip_enum_variants`).
+        if !container_type.starts_with("Enum:") {
+            self.path.push(name.to_string());
+        }
+    }
+
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.path.pop();
+        }
+    }
+
+    fn map_int<const D: usize>(
+        &mut self,
+        param: burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Int>>,
+    ) -> burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Int>> {
+        let Some(layer) = self.layer("qwords") else {
+            return param;
+        };
+        let Some(name) = self.layers.get(&layer).cloned() else {
+            return param;
+        };
+        let Some(blocks) = self.blocks.remove(&name) else {
+            return param;
+        };
+        let expected = param.lazy_shape().to_vec();
+        let rows = blocks.shape.first().copied().unwrap_or(0);
+        let per_row: usize = blocks.shape.iter().skip(1).product();
+        if expected != [rows, per_row] || D != 2 {
+            self.error.get_or_insert(Error::BadShape {
+                file: self.file.to_string(),
+                tensor: name,
+                expected,
+                found: blocks.shape,
+            });
+            return param;
+        }
+        let what = format!("{}: tensor {name}", self.file);
+        let packed = match crate::quant::pack(&what, blocks.raw, blocks.kind) {
+            Ok(p) => p,
+            Err(e) => {
+                self.error.get_or_insert(e);
+                return param;
+            }
+        };
+        let device = param.lazy_device();
+        let count = packed.words.len() / packed.words_per_block;
+        let data =
+            burn::tensor::TensorData::new(packed.words.clone(), [count, packed.words_per_block]);
+        // i32 on every backend (flex's own default is i64: twice the memory at rest).
+        let words =
+            burn::tensor::Tensor::<D, burn::tensor::Int>::from_data(data, (&device, DType::I32));
+        self.pending = Some((layer, packed));
+        burn::module::Param::initialized(param.id, words)
+    }
+
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<burn::tensor::Tensor<D>>,
+    ) -> burn::module::Param<burn::tensor::Tensor<D>> {
+        let Some(layer) = self.layer("qscales") else {
+            return param;
+        };
+        match self.pending.take() {
+            Some((pending, packed)) if pending == layer => {
+                let device = param.lazy_device();
+                let dtype: DType = device.settings().float_dtype.into();
+                let count = packed.scales.len() / packed.scales_per_block;
+                let data =
+                    burn::tensor::TensorData::new(packed.scales, [count, packed.scales_per_block]);
+                let scales = burn::tensor::Tensor::<D>::from_data(data, (&device, dtype));
+                self.packed.push(layer);
+                burn::module::Param::initialized(param.id, scales)
+            }
+            other => {
+                self.pending = other;
+                param
+            }
+        }
+    }
+}
+
+/// Loads a safetensors file through burn-store; the layers in `packed` already hold their
+/// weights as blocks, so their dense `weight` is not expected (nor any layer's blocks).
+fn load_dense<M: Module + ModuleSnapshot>(
+    mut module: M,
+    file: &str,
+    bytes: Vec<u8>,
+    tolerated_unused: &[&str],
+    remap: &[(String, String)],
+    packed: &[String],
+) -> Result<M> {
+    let tolerated = |name: &str| tolerated_unused.iter().any(|t| name.contains(t));
     let header = inspect(file, &bytes)?;
     for (name, info) in &header {
         let float = matches!(info.dtype.as_str(), "F32" | "F16" | "BF16");
@@ -194,14 +376,23 @@ pub fn load_remapped<M: Module + ModuleSnapshot>(
             },
         });
     }
-    if !result.missing.is_empty() {
+    let missing: Vec<String> = result
+        .missing
+        .iter()
+        .map(|(path, _)| path.as_str())
+        .filter(|path| {
+            let optional = path.ends_with(".qwords") || path.ends_with(".qscales");
+            let held = path
+                .strip_suffix(".weight")
+                .is_some_and(|layer| packed.iter().any(|p| p == layer));
+            !optional && !held
+        })
+        .map(pytorch_name)
+        .collect();
+    if !missing.is_empty() {
         return Err(Error::MissingTensors {
             file: file.to_string(),
-            tensors: result
-                .missing
-                .iter()
-                .map(|(path, _)| pytorch_name(path))
-                .collect(),
+            tensors: missing,
         });
     }
     let unused: Vec<String> = result

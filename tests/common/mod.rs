@@ -159,3 +159,34 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
         want[i]
     );
 }
+
+/// The shipped shapes generator (trained weights, channels that fill blocks) with every weight
+/// file as `tastebud quantize` writes it (`kind`, nothing kept), and the same weights widened to
+/// f32 safetensors.
+pub fn quantized_snapshot(kind: tastebud_core::quant::QuantType) -> (ModelFiles, ModelFiles) {
+    let mut packed = snapshot_files("../../models/shapes/generator");
+    let mut widened = packed.clone();
+    for (folder, name) in [
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+    ] {
+        let source = format!("{folder}/{name}.safetensors");
+        let bytes = packed.take(&source).unwrap();
+        widened.take(&source);
+        let policy = tastebud_core::gguf::QuantPolicy {
+            kind,
+            keep: Vec::new(),
+            mix: Vec::new(),
+            scope: folder.to_string(),
+        };
+        let (file, _) =
+            tastebud_core::gguf::quantize_weights(&source, &bytes, &policy, Vec::new()).unwrap();
+        widened.insert(
+            &source,
+            tastebud_core::gguf::to_safetensors(&source, &file).unwrap(),
+        );
+        packed.insert(format!("{folder}/{name}.gguf"), file);
+    }
+    (packed, widened)
+}

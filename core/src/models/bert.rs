@@ -6,7 +6,9 @@
 //! (renamed on load by [`KEY_RENAMES`]).
 
 use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+
+use crate::models::packed::Linear;
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Deserialize;
@@ -190,7 +192,7 @@ impl BertModel {
                 .with_epsilon(c.layer_norm_eps)
                 .init(device)
         };
-        let lin = |i, o| LinearConfig::new(i, o).init(device);
+        let lin = |i, o| Linear::new(i, o, true, device);
         let attn = |kv: usize| BertAttention {
             self_attn: BertSelfAttention {
                 query: lin(d, d),

@@ -8,8 +8,9 @@
 use std::collections::BTreeMap;
 
 use burn::module::{Module, Param};
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{LayerNorm, LayerNormConfig};
+
+use crate::models::packed::{Conv2d, Linear};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
@@ -150,7 +151,7 @@ impl BlipVisionTransformer {
                 .with_epsilon(LAYER_NORM_EPS)
                 .init(device)
         };
-        let lin = |i, o| LinearConfig::new(i, o).init(device);
+        let lin = |i, o| Linear::new(i, o, true, device);
         let blocks = (0..c.depth)
             .map(|_| VitBlock {
                 norm1: norm(),
@@ -167,9 +168,7 @@ impl BlipVisionTransformer {
             .collect();
         Self {
             patch_embed: PatchEmbed {
-                proj: Conv2dConfig::new([3, d], [c.patch_size, c.patch_size])
-                    .with_stride([c.patch_size, c.patch_size])
-                    .init(device),
+                proj: Conv2d::new([3, d], c.patch_size, c.patch_size, 0, true, device),
             },
             cls_token: Param::from_tensor(Tensor::zeros([1, 1, d], device)),
             pos_embed: Param::from_tensor(Tensor::zeros([1, grid * grid + 1, d], device)),

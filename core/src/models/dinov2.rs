@@ -3,8 +3,9 @@
 //! grid. Field names follow transformers, so hub checkpoints load unchanged.
 
 use burn::module::{Module, Param};
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{LayerNorm, LayerNormConfig};
+
+use crate::models::packed::{Conv2d, Linear};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
@@ -198,7 +199,7 @@ impl Dinov2Model {
                 .with_epsilon(c.layer_norm_eps)
                 .init(device)
         };
-        let lin = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let lin = |i, o, bias| Linear::new(i, o, bias, device);
         let scale = || LayerScale {
             lambda1: Param::from_tensor(Tensor::ones([d], device)),
         };
@@ -236,12 +237,14 @@ impl Dinov2Model {
                     device,
                 )),
                 patch_embeddings: PatchEmbeddings {
-                    projection: Conv2dConfig::new(
+                    projection: Conv2d::new(
                         [c.num_channels, d],
-                        [c.patch_size, c.patch_size],
-                    )
-                    .with_stride([c.patch_size, c.patch_size])
-                    .init(device),
+                        c.patch_size,
+                        c.patch_size,
+                        0,
+                        true,
+                        device,
+                    ),
                 },
             },
             encoder: Dinov2Encoder { layer },
@@ -259,7 +262,7 @@ impl Dinov2Model {
         let name = files.first_of(DINOV2_WEIGHTS)?;
         let file = files.label(name);
         let bytes =
-            crate::torch_pickle::into_safetensors(&file, files.take(name).unwrap_or_default())?;
+            crate::torch_pickle::convert_archive(&file, files.take(name).unwrap_or_default())?;
         // transformers saves the bare model's keys with or without the `dinov2.` prefix of
         // its task heads; only the bare model is used.
         let model = weights::load_remapped(

@@ -2,22 +2,20 @@
 //! `ResnetBlock2D` (with or without a time embedding) and multi-head attention.
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::models::packed::{Conv2d, Linear};
+
 /// A 3x3 convolution with padding 1, as diffusers uses everywhere.
 pub(crate) fn conv3(cin: usize, cout: usize, bias: bool, device: &Device) -> Conv2d {
-    Conv2dConfig::new([cin, cout], [3, 3])
-        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .with_bias(bias)
-        .init(device)
+    Conv2d::new([cin, cout], 3, 1, 1, bias, device)
 }
 
 /// A 1x1 convolution with bias.
 pub(crate) fn conv1(cin: usize, cout: usize, device: &Device) -> Conv2d {
-    Conv2dConfig::new([cin, cout], [1, 1]).init(device)
+    Conv2d::new([cin, cout], 1, 1, 0, true, device)
 }
 
 pub(crate) fn group_norm(groups: usize, channels: usize, eps: f64, device: &Device) -> GroupNorm {
@@ -118,7 +116,7 @@ impl ResnetBlock {
         Self {
             norm1: group_norm(groups, cin, eps, device),
             conv1: conv3(cin, cout, true, device),
-            time_emb_proj: temb.map(|t| LinearConfig::new(t, cout).init(device)),
+            time_emb_proj: temb.map(|t| Linear::new(t, cout, true, device)),
             norm2: group_norm(groups, cout, eps, device),
             conv2: conv3(cout, cout, true, device),
             conv_shortcut: (cin != cout).then(|| conv1(cin, cout, device)),

@@ -5,6 +5,7 @@ pub mod blip_vit;
 pub mod clip;
 pub mod dinov2;
 pub(crate) mod layers;
+pub mod packed;
 pub mod taesd;
 pub mod unet;
 pub mod vae;

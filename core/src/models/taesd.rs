@@ -1,8 +1,8 @@
 //! TAESD, diffusers' `AutoencoderTiny`: the tiny decoder from latents to images in [-1, 1].
 //! Only the decoder is built; the file's encoder weights are tolerated and left unused.
 
+use crate::models::packed::Conv2d;
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;

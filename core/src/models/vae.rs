@@ -3,8 +3,9 @@
 //! upsampling, GroupNorm + SiLU + conv_out. Field names follow diffusers, so no remapping.
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{GroupNorm, Linear, LinearConfig};
+use burn::nn::GroupNorm;
+
+use crate::models::packed::{Conv2d, Linear};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
@@ -82,7 +83,7 @@ pub struct SpatialAttention {
 
 impl SpatialAttention {
     fn new(channels: usize, groups: usize, device: &Device) -> Self {
-        let linear = || LinearConfig::new(channels, channels).init(device);
+        let linear = || Linear::new(channels, channels, true, device);
         Self {
             group_norm: group_norm(groups, channels, EPS, device),
             to_q: linear(),
@@ -179,7 +180,14 @@ impl AutoencoderKl {
         let bottom = c.block_out_channels.first().copied().unwrap_or(64);
         Self {
             post_quant_conv: c.use_post_quant_conv.then(|| {
-                Conv2dConfig::new([c.latent_channels, c.latent_channels], [1, 1]).init(device)
+                Conv2d::new(
+                    [c.latent_channels, c.latent_channels],
+                    1,
+                    1,
+                    0,
+                    true,
+                    device,
+                )
             }),
             decoder: VaeDecoder {
                 conv_in: conv3(c.latent_channels, top, true, device),

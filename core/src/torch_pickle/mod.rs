@@ -80,12 +80,10 @@ pub fn read_tensors(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, RawTens
     }
 }
 
-/// A weight file as safetensors bytes: a `torch.save` archive or a GGUF file is converted,
-/// anything else is passed through (and validated by the loader).
-pub fn into_safetensors(file: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
-    if bytes.starts_with(b"GGUF") {
-        crate::gguf::to_safetensors(file, &bytes)
-    } else if is_torch_zip(&bytes) {
+/// A weight file the loader reads: a `torch.save` archive is converted to safetensors; anything
+/// else (safetensors, GGUF) is passed through, and validated by [`crate::weights`].
+pub fn convert_archive(file: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    if is_torch_zip(&bytes) {
         to_safetensors(file, &read_checkpoint(file, &bytes)?)
     } else {
         Ok(bytes)

@@ -2,7 +2,9 @@
 //! (`CLIPAttention`, `CLIPMLP`, `CLIPEncoderLayer`, `CLIPEncoder` in transformers).
 
 use burn::module::Module;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{LayerNorm, LayerNormConfig};
+
+use crate::models::packed::Linear;
 use burn::tensor::activation::{gelu, sigmoid, softmax};
 use burn::tensor::{Device, Tensor};
 
@@ -21,7 +23,7 @@ pub struct ClipAttention {
 
 impl ClipAttention {
     pub fn new(hidden: usize, num_heads: usize, device: &Device) -> Self {
-        let linear = || LinearConfig::new(hidden, hidden).init(device);
+        let linear = || Linear::new(hidden, hidden, true, device);
         Self {
             q_proj: linear(),
             k_proj: linear(),
@@ -137,8 +139,8 @@ impl ClipEncoder {
                 self_attn: ClipAttention::new(d.hidden, d.heads, device),
                 layer_norm1: norm(),
                 mlp: ClipMlp {
-                    fc1: LinearConfig::new(d.hidden, d.intermediate).init(device),
-                    fc2: LinearConfig::new(d.intermediate, d.hidden).init(device),
+                    fc1: Linear::new(d.hidden, d.intermediate, true, device),
+                    fc2: Linear::new(d.intermediate, d.hidden, true, device),
                     activation: d.activation,
                 },
                 layer_norm2: norm(),

@@ -8,8 +8,8 @@ pub mod text;
 pub mod text_encoder;
 pub mod vision;
 
+use crate::models::packed::Linear;
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use serde::Serialize;
 
@@ -120,12 +120,8 @@ impl ClipModel {
                 Activation::parse(&v.hidden_act, file)?,
                 device,
             ),
-            text_projection: LinearConfig::new(t.hidden_size, c.projection_dim)
-                .with_bias(false)
-                .init(device),
-            visual_projection: LinearConfig::new(v.hidden_size, c.projection_dim)
-                .with_bias(false)
-                .init(device),
+            text_projection: Linear::new(t.hidden_size, c.projection_dim, false, device),
+            visual_projection: Linear::new(v.hidden_size, c.projection_dim, false, device),
         })
     }
 }
@@ -184,7 +180,7 @@ impl Clip {
         }
         let weights_name = files.first_of(CLIP_WEIGHTS)?;
         let weights_file = files.label(weights_name);
-        let bytes = torch_pickle::into_safetensors(
+        let bytes = torch_pickle::convert_archive(
             &weights_file,
             files.take(weights_name).unwrap_or_default(),
         )?;

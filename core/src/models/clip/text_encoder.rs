@@ -4,8 +4,8 @@
 //! tower transformers 5 saves (every layout of [`ClipLayout::TextEncoder`]). SD 2.x's encoder
 //! is OpenCLIP-H with its last layer dropped: `num_hidden_layers` 23 and the final LayerNorm.
 
+use crate::models::packed::Linear;
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
 use super::config::{Activation, ClipTextConfig};
@@ -43,22 +43,19 @@ impl ClipTextEncoder {
         let activation = Activation::parse(&config.hidden_act, &config_file)?;
         let weights_name = files.first_of(CLIP_WEIGHTS)?;
         let weights_file = files.label(weights_name);
-        // A `torch.save` archive or a GGUF file (`tastebud quantize`) as safetensors.
-        let bytes = crate::torch_pickle::into_safetensors(
+        // A `torch.save` archive as safetensors; GGUF (`tastebud quantize`) loads as it is.
+        let bytes = crate::torch_pickle::convert_archive(
             &weights_file,
             files.take(weights_name).unwrap_or_default(),
         )?;
         let layout = ClipLayout::TextEncoder;
-        let projected = weights::inspect(&weights_file, &bytes)?
-            .keys()
+        let projected = weights::tensor_names(&weights_file, &bytes)?
+            .iter()
             .any(|k| layout.canonical_name(k) == "text_projection.weight");
         let model = ClipTextModel {
             text_model: ClipTextTransformer::new(&config, activation, device),
-            text_projection: projected.then(|| {
-                LinearConfig::new(config.hidden_size, config.projection_dim)
-                    .with_bias(false)
-                    .init(device)
-            }),
+            text_projection: projected
+                .then(|| Linear::new(config.hidden_size, config.projection_dim, false, device)),
         };
         let model = weights::load_remapped(
             model,

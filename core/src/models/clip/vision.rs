@@ -2,8 +2,8 @@
 //! pre-LayerNorm ("pre_layrnorm", sic, as upstream), the encoder, and the post-LayerNorm of
 //! the class token.
 
+use crate::models::packed::Conv2d;
 use burn::module::{Module, Param};
-use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Tensor};
 
@@ -37,13 +37,14 @@ impl ClipVisionTransformer {
         Self {
             embeddings: ClipVisionEmbeddings {
                 class_embedding: Param::from_tensor(Tensor::zeros([c.hidden_size], device)),
-                patch_embedding: Conv2dConfig::new(
+                patch_embedding: Conv2d::new(
                     [c.num_channels, c.hidden_size],
-                    [c.patch_size, c.patch_size],
-                )
-                .with_stride([c.patch_size, c.patch_size])
-                .with_bias(false)
-                .init(device),
+                    c.patch_size,
+                    c.patch_size,
+                    0,
+                    false,
+                    device,
+                ),
                 position_embedding: EmbeddingConfig::new(patches + 1, c.hidden_size).init(device),
             },
             pre_layrnorm: norm(),

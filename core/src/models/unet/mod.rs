@@ -7,8 +7,9 @@ pub mod ldm;
 pub mod transformer;
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{GroupNorm, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::GroupNorm;
+
+use crate::models::packed::{Conv2d, Linear};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -30,8 +31,8 @@ pub struct TimestepEmbedding {
 impl TimestepEmbedding {
     fn new(cin: usize, cout: usize, device: &Device) -> Self {
         Self {
-            linear_1: LinearConfig::new(cin, cout).init(device),
-            linear_2: LinearConfig::new(cout, cout).init(device),
+            linear_1: Linear::new(cin, cout, true, device),
+            linear_2: Linear::new(cout, cout, true, device),
         }
     }
 
@@ -165,10 +166,7 @@ impl UNet2DConditionModel {
                         .collect(),
                     downsamplers: (i + 1 < n)
                         .then(|| Downsample {
-                            conv: Conv2dConfig::new([cout, cout], [3, 3])
-                                .with_stride([2, 2])
-                                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                                .init(device),
+                            conv: Conv2d::new([cout, cout], 3, 2, 1, true, device),
                         })
                         .into_iter()
                         .collect(),
@@ -236,13 +234,10 @@ impl UNet {
         let config = UNetConfig::parse(raw, &config_file)?;
         let name = files.first_of(DIFFUSERS_WEIGHTS)?;
         let file = files.label(name);
-        let mut bytes = files.take(name).unwrap_or_default();
-        if bytes.starts_with(b"GGUF") {
-            bytes = crate::gguf::to_safetensors(&file, &bytes)?;
-        }
+        let bytes = files.take(name).unwrap_or_default();
         // stable-diffusion.cpp's and ComfyUI-GGUF's files keep the original (LDM) names.
-        let names = weights::inspect(&file, &bytes)?;
-        let (renames, others) = if ldm::is_ldm(names.keys().map(String::as_str)) {
+        let names = weights::tensor_names(&file, &bytes)?;
+        let (renames, others) = if ldm::is_ldm(names.iter().map(String::as_str)) {
             (ldm::renames(&config), ldm::OTHER_MODELS)
         } else {
             (Vec::new(), &[][..])
@@ -312,7 +307,7 @@ impl UNet {
                 let time = timestep_embedding(&ids, time_dim, c.flip_sin_to_cos, c.freq_shift);
                 let time = upload(time, [batch, 6 * time_dim]);
                 let input = Tensor::cat(vec![tt.text_embeds.clone(), time], 1);
-                let expected = add.linear_1.weight.dims()[0];
+                let expected = add.linear_1.d_input();
                 if input.dims()[1] != expected {
                     return Err(Error::argument(
                         "text_time",

@@ -4,8 +4,9 @@
 //! projection back, added to the input.
 
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig};
+
+use crate::models::packed::{Conv2d, Linear};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
@@ -23,12 +24,12 @@ pub struct Attention {
 
 impl Attention {
     fn new(dim: usize, context_dim: usize, heads: usize, device: &Device) -> Self {
-        let bare = |cin| LinearConfig::new(cin, dim).with_bias(false).init(device);
+        let bare = |cin| Linear::new(cin, dim, false, device);
         Self {
             to_q: bare(dim),
             to_k: bare(context_dim),
             to_v: bare(context_dim),
-            to_out: vec![LinearConfig::new(dim, dim).init(device)],
+            to_out: vec![Linear::new(dim, dim, true, device)],
             heads,
         }
     }
@@ -68,12 +69,12 @@ impl FeedForward {
         Self {
             net: vec![
                 Some(FeedForwardLayer::Geglu(Geglu {
-                    proj: LinearConfig::new(dim, inner * 2).init(device),
+                    proj: Linear::new(dim, inner * 2, true, device),
                 })),
                 None,
-                Some(FeedForwardLayer::Linear(
-                    LinearConfig::new(inner, dim).init(device),
-                )),
+                Some(FeedForwardLayer::Linear(Linear::new(
+                    inner, dim, true, device,
+                ))),
             ],
         }
     }
@@ -146,7 +147,7 @@ impl Transformer2D {
     ) -> Self {
         let projection = || {
             if linear {
-                Projection::Linear(LinearConfig::new(channels, channels).init(device))
+                Projection::Linear(Linear::new(channels, channels, true, device))
             } else {
                 Projection::Conv(conv1(channels, channels, device))
             }
