@@ -27,6 +27,7 @@ pub const CLIP_FILES: &[&str] = &[
     "model.safetensors",
     "model.fp16.safetensors",
     "pytorch_model.bin",
+    "model.gguf",
     "preprocessor_config.json",
     "processor_config.json",
     "tokenizer.json",
