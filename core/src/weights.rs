@@ -6,7 +6,7 @@
 //! device's float precision (f32, or f16 when configured): burn-store aborts on the CPU backend
 //! for tensors whose dtype differs from the module's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use burn::module::Module;
 use burn::store::{
@@ -161,7 +161,7 @@ pub fn load_remapped<M: Module + ModuleSnapshot>(
         let bytes = crate::torch_pickle::to_safetensors(file, &dense)?;
         (module, bytes, loader.packed)
     } else {
-        (module, bytes, Vec::new())
+        (module, bytes, BTreeSet::new())
     };
     load_dense(module, file, bytes, tolerated_unused, remap, &packed)
 }
@@ -175,10 +175,10 @@ struct PackedLoader<'a> {
     /// Module path of a layer (a `.weight`'s name renamed, the suffix dropped) -> file name.
     layers: BTreeMap<String, String>,
     path: Vec<String>,
-    /// The layer being filled: its path and the scales still to place.
-    pending: Option<(String, crate::quant::PackedBlocks)>,
+    /// The layer being filled: its path and the scales still to place (per block).
+    pending: Option<(String, Vec<f32>, usize)>,
     /// Paths of the layers filled.
-    packed: Vec<String>,
+    packed: BTreeSet<String>,
     error: Option<Error>,
 }
 
@@ -210,7 +210,7 @@ impl<'a> PackedLoader<'a> {
             layers,
             path: Vec::new(),
             pending: None,
-            packed: Vec::new(),
+            packed: BTreeSet::new(),
             error: None,
         })
     }
@@ -271,12 +271,11 @@ impl burn::module::ModuleMapper for PackedLoader<'_> {
         };
         let device = param.lazy_device();
         let count = packed.words.len() / packed.words_per_block;
-        let data =
-            burn::tensor::TensorData::new(packed.words.clone(), [count, packed.words_per_block]);
+        let data = burn::tensor::TensorData::new(packed.words, [count, packed.words_per_block]);
         // i32 on every backend (flex's own default is i64: twice the memory at rest).
         let words =
             burn::tensor::Tensor::<D, burn::tensor::Int>::from_data(data, (&device, DType::I32));
-        self.pending = Some((layer, packed));
+        self.pending = Some((layer, packed.scales, packed.scales_per_block));
         burn::module::Param::initialized(param.id, words)
     }
 
@@ -288,14 +287,13 @@ impl burn::module::ModuleMapper for PackedLoader<'_> {
             return param;
         };
         match self.pending.take() {
-            Some((pending, packed)) if pending == layer => {
+            Some((pending, scales, per_block)) if pending == layer => {
                 let device = param.lazy_device();
                 let dtype: DType = device.settings().float_dtype.into();
-                let count = packed.scales.len() / packed.scales_per_block;
-                let data =
-                    burn::tensor::TensorData::new(packed.scales, [count, packed.scales_per_block]);
+                let count = scales.len() / per_block;
+                let data = burn::tensor::TensorData::new(scales, [count, per_block]);
                 let scales = burn::tensor::Tensor::<D>::from_data(data, (&device, dtype));
-                self.packed.push(layer);
+                self.packed.insert(layer);
                 burn::module::Param::initialized(param.id, scales)
             }
             other => {
@@ -314,7 +312,7 @@ fn load_dense<M: Module + ModuleSnapshot>(
     bytes: Vec<u8>,
     tolerated_unused: &[&str],
     remap: &[(String, String)],
-    packed: &[String],
+    packed: &BTreeSet<String>,
 ) -> Result<M> {
     let tolerated = |name: &str| tolerated_unused.iter().any(|t| name.contains(t));
     let header = inspect(file, &bytes)?;
@@ -384,7 +382,7 @@ fn load_dense<M: Module + ModuleSnapshot>(
             let optional = path.ends_with(".qwords") || path.ends_with(".qscales");
             let held = path
                 .strip_suffix(".weight")
-                .is_some_and(|layer| packed.iter().any(|p| p == layer));
+                .is_some_and(|layer| packed.contains(layer));
             !optional && !held
         })
         .map(pytorch_name)
