@@ -12,6 +12,7 @@ pub mod noise;
 pub mod personal;
 pub mod pipeline;
 pub mod preprocess;
+pub mod profile;
 pub mod quant;
 pub mod reno;
 pub mod resample;

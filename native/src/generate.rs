@@ -1,6 +1,7 @@
 //! `tastebud generate` and `tastebud bench`: a diffusers snapshot, a prompt and noise (or a
 //! seed) to a PNG, with per-stage timings.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use tastebud_core::noise::Noise;
 use tastebud_core::pipeline::{
     LoadedDecoder, MODEL_INDEX, ModelIndex, Pipeline, Request, decoder_files, to_rgb8,
 };
-use tastebud_core::{ComputeDevice, ModelFiles, read_f32};
+use tastebud_core::{ComputeDevice, ModelFiles, profile, read_f32};
 
 use crate::open_device;
 
@@ -146,6 +147,10 @@ pub struct BenchArgs {
     /// Untimed runs first (shader compilation, allocator warm-up). 0 times the first run, cold.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=10))]
     warmup: u32,
+    /// Also time each layer kind (convolutions, Linear, attention, norms, ...) in the timed
+    /// runs, syncing the device around each layer (stage totals then include those waits).
+    #[arg(long)]
+    profile: bool,
 }
 
 /// Reads a snapshot: `model_index.json`, then the first existing file of each group it lists.
@@ -208,13 +213,24 @@ pub(crate) fn bar(hidden: bool, template: &str) -> ProgressBar {
 }
 
 /// Stage timings in milliseconds.
-#[derive(Default, Debug, Clone, Copy)]
+#[derive(Default, Debug, Clone)]
 pub(crate) struct Timings {
     pub read: f64,
     pub load: f64,
     text: f64,
     denoise: f64,
     decode: f64,
+    /// Per stage, time by layer kind (`bench --profile` only).
+    profile: Vec<(&'static str, BTreeMap<&'static str, profile::Entry>)>,
+}
+
+impl Timings {
+    /// Files what the profiler recorded since the last stage under `stage`.
+    fn end_stage(&mut self, stage: &'static str) {
+        if profile::enabled() {
+            self.profile.push((stage, profile::take()));
+        }
+    }
 }
 
 pub(crate) fn ms(since: Instant) -> f64 {
@@ -312,6 +328,7 @@ fn run(
     let conditioning = pipeline.encode_prompt(&request.prompt)?;
     settle(&conditioning.context)?;
     t.text = ms(started);
+    t.end_stage("text");
     if conditioning.truncated {
         eprintln!(
             "warning: the prompt is longer than the text encoder takes (77 tokens); the end was \
@@ -331,9 +348,11 @@ fn run(
     settle(&latents)?;
     steps.finish_and_clear();
     t.denoise = ms(started);
+    t.end_stage("denoise");
     let started = Instant::now();
     let image = pollster::block_on(to_rgb8(pipeline.decode(latents)))?;
     t.decode = ms(started);
+    t.end_stage("decode");
     Ok(image)
 }
 
@@ -464,6 +483,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         run(&pipeline, &request, true, &mut Timings::default())?;
     }
     let mut runs = vec![];
+    profile::enable(args.profile);
+    profile::take();
     for i in 0..args.runs {
         let mut r = Timings::default();
         run(&pipeline, &request, true, &mut r)?;
@@ -497,6 +518,63 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "total_ms": median(|r| r.text + r.denoise + r.decode),
         "peak_rss_mib": peak_rss_mib(),
     });
+    profile::enable(false);
+    let mut out = out;
+    if args.profile {
+        out["profile"] = profile_report(&runs);
+    }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// Mean milliseconds and calls per run by stage and layer kind, with each stage's time outside
+/// every profiled layer as `unprofiled`; also printed as a table on stderr.
+fn profile_report(runs: &[Timings]) -> serde_json::Value {
+    let n = runs.len().max(1) as f64;
+    let mut report = serde_json::Map::new();
+    for stage in ["text", "denoise", "decode"] {
+        let mut kinds: BTreeMap<&str, profile::Entry> = BTreeMap::new();
+        for (_, table) in runs
+            .iter()
+            .flat_map(|r| &r.profile)
+            .filter(|(s, _)| *s == stage)
+        {
+            for (kind, e) in table {
+                let sum = kinds.entry(kind).or_default();
+                sum.calls += e.calls;
+                sum.ms += e.ms;
+            }
+        }
+        let stage_ms = runs
+            .iter()
+            .map(|r| match stage {
+                "text" => r.text,
+                "denoise" => r.denoise,
+                _ => r.decode,
+            })
+            .sum::<f64>()
+            / n;
+        let mut rows: Vec<(&str, f64, f64)> = kinds
+            .iter()
+            .map(|(k, e)| (*k, e.ms / n, e.calls as f64 / n))
+            .collect();
+        let profiled: f64 = rows.iter().map(|r| r.1).sum();
+        rows.push(("unprofiled", (stage_ms - profiled).max(0.0), 0.0));
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        eprintln!("{stage}: {stage_ms:.0} ms");
+        let mut table = serde_json::Map::new();
+        for (kind, ms, calls) in rows {
+            let share = if stage_ms > 0.0 { ms / stage_ms } else { 0.0 };
+            eprintln!(
+                "  {kind:<18} {ms:>10.1} ms {:>5.1}%  {calls:>6.0} calls",
+                share * 100.0
+            );
+            table.insert(
+                kind.into(),
+                json!({ "ms": ms, "calls": calls, "share": share }),
+            );
+        }
+        report.insert(stage.into(), table.into());
+    }
+    report.into()
 }

@@ -126,7 +126,26 @@ fn quiet_vulkan_without_display() {
     }
 }
 
+/// Every layer allocates and frees tensors of tens to hundreds of MB. glibc serves each from a
+/// fresh mmap and unmaps it when freed, so every layer paid again for faulting in and zeroing
+/// its pages: a third of the convolutions' time in an SD-Turbo UNet step on the CPU
+/// (BENCHMARKS.md, "Where the time goes"). Serve them from the heap and keep freed memory there
+/// for the next layer; peak memory was unchanged.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn reuse_freed_memory() {
+    // SAFETY: mallopt only changes glibc's allocation policy; it is called before any thread
+    // exists and takes plain integers.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn reuse_freed_memory() {}
+
 fn main() -> ExitCode {
+    reuse_freed_memory();
     quiet_vulkan_without_display();
     let command = Cli::parse().command;
     // Some device failures (an allocation the GPU refuses mid-launch) surface as panics in the

@@ -3,10 +3,12 @@
 
 use burn::module::Module;
 use burn::nn::{GroupNorm, GroupNormConfig};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::models::cpu_fused;
 use crate::models::packed::{Conv2d, Linear};
+use crate::profile::scope;
 
 /// A 3x3 convolution with padding 1, as diffusers uses everywhere.
 pub(crate) fn conv3(cin: usize, cout: usize, bias: bool, device: &Device) -> Conv2d {
@@ -24,12 +26,55 @@ pub(crate) fn group_norm(groups: usize, channels: usize, eps: f64, device: &Devi
         .init(device)
 }
 
+/// A GroupNorm layer's forward pass (profiled as `group_norm`).
+pub(crate) fn apply_group_norm(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
+    scope("group_norm", &x.device(), || {
+        cpu_fused::group_norm(x, norm, false).unwrap_or_else(|x| norm.forward(x))
+    })
+}
+
+/// SiLU after a GroupNorm, as every ResnetBlock and the models' last layers apply them; one
+/// pass on the CPU (profiled as `group_norm` and `silu` where they run apart).
+#[allow(clippy::result_large_err)] // the input handed back when the fused kernel does not apply
+pub(crate) fn group_norm_silu(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
+    match scope("group_norm+silu", &x.device(), || {
+        cpu_fused::group_norm(x, norm, true)
+    }) {
+        Ok(y) => y,
+        Err(x) => silu(apply_group_norm(norm, x)),
+    }
+}
+
+/// SiLU (profiled as `silu`).
+pub(crate) fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    scope("silu", &x.device(), || {
+        cpu_fused::silu_tensor(x).unwrap_or_else(burn::tensor::activation::silu)
+    })
+}
+
+/// GELU, erf form (profiled as `gelu`).
+pub(crate) fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    scope("gelu", &x.device(), || {
+        cpu_fused::gelu_tensor(x).unwrap_or_else(burn::tensor::activation::gelu)
+    })
+}
+
 /// Nearest-neighbour upsampling by an integer factor (exact: each pixel repeated).
 pub(crate) fn upsample_nearest(x: Tensor<4>, factor: usize) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h, 1, w, 1])
-        .expand([b, c, h, factor, w, factor])
-        .reshape([b, c, h * factor, w * factor])
+    scope("upsample", &x.device(), || {
+        let x = if factor == 2 {
+            match cpu_fused::upsample_nearest2(x) {
+                Ok(y) => return y,
+                Err(x) => x,
+            }
+        } else {
+            x
+        };
+        x.reshape([b, c, h, 1, w, 1])
+            .expand([b, c, h, factor, w, factor])
+            .reshape([b, c, h * factor, w * factor])
+    })
 }
 
 /// torch's `interpolate(mode="nearest", size=(h, w))`: output pixel i reads input
@@ -61,6 +106,11 @@ const MAX_SCORES: usize = 1 << 24;
 /// # Shapes
 /// - q: `[batch, queries, heads * d]`, k and v: `[batch, keys, heads * d]`; output like q.
 pub(crate) fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
+    let device = q.device();
+    scope("attention", &device, || attention_heads(q, k, v, heads))
+}
+
+fn attention_heads(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
     let [b, n, inner] = q.dims();
     let m = k.dims()[1];
     let d = inner / heads;
@@ -125,12 +175,12 @@ impl ResnetBlock {
 
     /// `temb`: `[batch, width]` after the block's caller applied nothing (SiLU happens here).
     pub(crate) fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let mut h = self.conv1.forward(group_norm_silu(&self.norm1, x.clone()));
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let [b, c] = [h.dims()[0], h.dims()[1]];
             h = h + proj.forward(silu(temb.clone())).reshape([b, c, 1, 1]);
         }
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self.conv2.forward(group_norm_silu(&self.norm2, h));
         let skip = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,

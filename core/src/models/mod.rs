@@ -3,6 +3,7 @@
 pub mod bert;
 pub mod blip_vit;
 pub mod clip;
+mod cpu_fused;
 pub mod dinov2;
 pub(crate) mod layers;
 pub mod packed;

@@ -17,6 +17,7 @@ use burn::tensor::module::{conv2d, linear};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Int, Shape, Tensor, TensorData};
 
+use crate::profile::scope;
 use crate::quant::BLOCK;
 
 /// What burn's own Linear and Conv2d initialise with (weights are always loaded; this only
@@ -86,7 +87,10 @@ impl Linear {
     pub fn weight(&self) -> Tensor<2> {
         if self.is_packed() {
             let [d_input, d_output] = self.weight.lazy_shape().dims();
-            unpack(self.qwords.val(), self.qscales.val(), [d_output, d_input]).transpose()
+            let words = self.qwords.val();
+            scope("unpack quantized", &words.device(), || {
+                unpack(words, self.qscales.val(), [d_output, d_input]).transpose()
+            })
         } else {
             self.weight.val()
         }
@@ -94,7 +98,10 @@ impl Linear {
 
     /// `[..., in]` -> `[..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight(), self.bias.as_ref().map(|b| b.val()))
+        let weight = self.weight();
+        scope("linear", &x.device(), || {
+            linear(x, weight, self.bias.as_ref().map(|b| b.val()))
+        })
     }
 }
 
@@ -149,7 +156,10 @@ impl Conv2d {
         if self.is_packed() {
             let shape: [usize; 4] = self.weight.lazy_shape().dims();
             let [o, i, kh, kw] = shape;
-            unpack(self.qwords.val(), self.qscales.val(), [o, i * kh * kw]).reshape(shape)
+            let words = self.qwords.val();
+            scope("unpack quantized", &words.device(), || {
+                unpack(words, self.qscales.val(), [o, i * kh * kw]).reshape(shape)
+            })
         } else {
             self.weight.val()
         }
@@ -158,12 +168,15 @@ impl Conv2d {
     /// `[batch, in, h, w]` -> `[batch, out, h', w']`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let options = ConvOptions::new(self.stride, self.padding, [1, 1], 1);
-        conv2d(
-            x,
-            self.weight(),
-            self.bias.as_ref().map(|b| b.val()),
-            options,
-        )
+        let weight = self.weight();
+        let kind = match weight.dims()[2..] {
+            [1, 1] => "conv2d 1x1",
+            [3, 3] => "conv2d 3x3",
+            _ => "conv2d other",
+        };
+        scope(kind, &x.device(), || {
+            conv2d(x, weight, self.bias.as_ref().map(|b| b.val()), options)
+        })
     }
 }
 

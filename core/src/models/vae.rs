@@ -6,12 +6,14 @@ use burn::module::Module;
 use burn::nn::GroupNorm;
 
 use crate::models::packed::{Conv2d, Linear};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
 use super::DIFFUSERS_WEIGHTS;
-use super::layers::{ResnetBlock, attention, conv3, group_norm, linear3, upsample_nearest};
+use super::layers::{
+    ResnetBlock, apply_group_norm, attention, conv3, group_norm, group_norm_silu, linear3, silu,
+    upsample_nearest,
+};
 use crate::files::ModelFiles;
 use crate::{Error, Result, weights};
 
@@ -95,9 +97,7 @@ impl SpatialAttention {
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let tokens = self
-            .group_norm
-            .forward(x.clone())
+        let tokens = apply_group_norm(&self.group_norm, x.clone())
             .reshape([b, c, h * w])
             .swap_dims(1, 2);
         let q = linear3(&self.to_q, tokens.clone());
@@ -275,7 +275,7 @@ impl AutoencoderKl {
                 x = up.conv.forward(upsample_nearest(x, 2));
             }
         }
-        d.conv_out.forward(silu(d.conv_norm_out.forward(x)))
+        d.conv_out.forward(group_norm_silu(&d.conv_norm_out, x))
     }
 
     /// post_quant_conv, conv_in and the mid block, at the latent resolution.

@@ -5,11 +5,12 @@ use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig};
 
 use crate::models::packed::Linear;
-use burn::tensor::activation::{gelu, sigmoid, softmax};
+use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{Device, Tensor};
 
 use super::config::Activation;
-use crate::models::layers::linear3 as linear;
+use crate::models::layers::{gelu, linear3 as linear};
+use crate::profile::scope;
 
 /// Multi-head self-attention with q/k/v/out projections (all with bias).
 #[derive(Module, Debug)]
@@ -47,14 +48,16 @@ impl ClipAttention {
         let q = heads(linear(&self.q_proj, x.clone()) * (head_dim as f64).powf(-0.5));
         let k = heads(linear(&self.k_proj, x.clone()));
         let v = heads(linear(&self.v_proj, x));
-        let mut scores = q.matmul(k.swap_dims(2, 3));
-        if let Some(mask) = mask {
-            scores = scores + mask;
-        }
-        let out = softmax(scores, 3)
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([batch, seq, hidden]);
+        let out = scope("attention", &q.device(), || {
+            let mut scores = q.matmul(k.swap_dims(2, 3));
+            if let Some(mask) = mask {
+                scores = scores + mask;
+            }
+            softmax(scores, 3)
+                .matmul(v)
+                .swap_dims(1, 2)
+                .reshape([batch, seq, hidden])
+        });
         linear(&self.out_proj, out)
     }
 }
@@ -72,7 +75,7 @@ impl ClipMlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = linear(&self.fc1, x);
         let h = match self.activation {
-            Activation::QuickGelu => h.clone() * sigmoid(h * 1.702),
+            Activation::QuickGelu => scope("gelu", &h.device(), || h.clone() * sigmoid(h * 1.702)),
             Activation::Gelu => gelu(h),
         };
         linear(&self.fc2, h)
@@ -169,11 +172,13 @@ impl ClipEncoder {
         for layer in
             &self.layers[range.start.min(self.layers.len())..range.end.min(self.layers.len())]
         {
+            let norm =
+                |n: &LayerNorm, x: Tensor<3>| scope("layer_norm", &x.device(), || n.forward(x));
             let h = layer
                 .self_attn
-                .forward(layer.layer_norm1.forward(x.clone()), mask.clone());
+                .forward(norm(&layer.layer_norm1, x.clone()), mask.clone());
             x = x + h;
-            let h = layer.mlp.forward(layer.layer_norm2.forward(x.clone()));
+            let h = layer.mlp.forward(norm(&layer.layer_norm2, x.clone()));
             x = x + h;
         }
         x

@@ -10,14 +10,13 @@ use burn::module::Module;
 use burn::nn::GroupNorm;
 
 use crate::models::packed::{Conv2d, Linear};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 
 pub use config::{UNetConfig, UNetConfigFile};
 use transformer::Transformer2D;
 
 use super::DIFFUSERS_WEIGHTS;
-use super::layers::{ResnetBlock, conv3, group_norm, upsample_nearest_to};
+use super::layers::{ResnetBlock, conv3, group_norm, group_norm_silu, silu, upsample_nearest_to};
 use crate::files::ModelFiles;
 use crate::{Error, Result, weights};
 
@@ -373,6 +372,6 @@ impl UNet {
                 x = up.conv.forward(upsample_nearest_to(x, h, w));
             }
         }
-        Ok(m.conv_out.forward(silu(m.conv_norm_out.forward(x))))
+        Ok(m.conv_out.forward(group_norm_silu(&m.conv_norm_out, x)))
     }
 }

@@ -10,7 +10,9 @@ use crate::models::packed::{Conv2d, Linear};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
-use crate::models::layers::{attention, conv1, group_norm, linear3};
+use crate::models::cpu_fused;
+use crate::models::layers::{apply_group_norm, attention, conv1, group_norm, linear3};
+use crate::profile::scope;
 
 /// diffusers' `Attention` with bias-free q/k/v and a biased output projection.
 #[derive(Module, Debug)]
@@ -85,9 +87,12 @@ impl FeedForward {
             x = match layer {
                 FeedForwardLayer::Geglu(g) => {
                     let h = linear3(&g.proj, x);
-                    let inner = h.dims()[2] / 2;
-                    let [value, gate] = [h.clone().narrow(2, 0, inner), h.narrow(2, inner, inner)];
-                    value * gelu(gate)
+                    scope("gelu", &h.device(), || {
+                        cpu_fused::geglu(h).unwrap_or_else(|h| {
+                            let inner = h.dims()[2] / 2;
+                            h.clone().narrow(2, 0, inner) * gelu(h.narrow(2, inner, inner))
+                        })
+                    })
                 }
                 FeedForwardLayer::Linear(l) => linear3(l, x),
             };
@@ -110,12 +115,13 @@ pub struct TransformerBlock {
 
 impl TransformerBlock {
     fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
-        let x = self.attn1.forward(self.norm1.forward(x.clone()), None) + x;
+        let norm = |n: &LayerNorm, x: Tensor<3>| scope("layer_norm", &x.device(), || n.forward(x));
+        let x = self.attn1.forward(norm(&self.norm1, x.clone()), None) + x;
         let x = self
             .attn2
-            .forward(self.norm2.forward(x.clone()), Some(context))
+            .forward(norm(&self.norm2, x.clone()), Some(context))
             + x;
-        self.ff.forward(self.norm3.forward(x.clone())) + x
+        self.ff.forward(norm(&self.norm3, x.clone())) + x
     }
 }
 
@@ -176,7 +182,7 @@ impl Transformer2D {
         let [b, c, h, w] = x.dims();
         let to_tokens = |t: Tensor<4>| t.reshape([b, c, h * w]).swap_dims(1, 2);
         let to_image = |t: Tensor<3>| t.swap_dims(1, 2).reshape([b, c, h, w]);
-        let normed = self.norm.forward(x.clone());
+        let normed = apply_group_norm(&self.norm, x.clone());
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(conv.forward(normed)),
             Projection::Linear(l) => linear3(l, to_tokens(normed)),
