@@ -42,6 +42,17 @@ fn person(u: usize) -> PreferenceStore {
     s
 }
 
+/// A head's weights file with its metadata replaced (`None`: as heads were saved before
+/// 2026-12-01, without their config inside).
+fn with_metadata(
+    weights: &[u8],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Vec<u8> {
+    let st = safetensors::SafeTensors::deserialize(weights).unwrap();
+    let tensors: Vec<_> = st.tensors();
+    safetensors::serialize(tensors, metadata).unwrap()
+}
+
 fn device() -> Device {
     ComputeDevice::cpu().device.autodiff()
 }
@@ -449,7 +460,10 @@ fn linear_prior_and_person_fit_match_torch() {
         "dimension": 8, "context": false, "hidden": 6, "rank": 2});
     let mut files = ModelFiles::new("head");
     files.insert("head.json", serde_json::to_vec(&config).unwrap());
-    files.insert("head.safetensors", fitted.to_files().unwrap().1);
+    files.insert(
+        "head.safetensors",
+        with_metadata(&fitted.to_files().unwrap().1, None),
+    );
     let err = PersonalHead::from_files(&mut files, &device())
         .unwrap_err()
         .to_string();
@@ -770,8 +784,30 @@ fn corrupt_head_files_are_named() {
         &device(),
     ))
     .unwrap();
-    let (_, weights) = head.to_files().unwrap();
+    let (_, saved) = head.to_files().unwrap();
     config.dimension = 9;
+    // The weights file carries its own config, which wins over a head.json that does not
+    // belong to it (a save cut between the two files).
+    let mut files = ModelFiles::new("head");
+    files.insert("head.json", serde_json::to_vec(&config).unwrap());
+    files.insert("head.safetensors", saved.clone());
+    let loaded = PersonalHead::from_files(&mut files, &device()).unwrap();
+    assert_eq!(loaded.config, head.config);
+    // A bad config inside the weights file is named as such.
+    let mut bad_inside = serde_json::to_value(&head.config).unwrap();
+    bad_inside["l2"] = serde_json::json!(-1.0);
+    let metadata = [("tastebud.head".to_string(), bad_inside.to_string())].into();
+    let mut files = ModelFiles::new("head");
+    files.insert("head.safetensors", with_metadata(&saved, Some(metadata)));
+    let err = PersonalHead::from_files(&mut files, &device()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("head/head.safetensors (metadata tastebud.head)")
+            && err.to_string().contains("`l2`"),
+        "{err}"
+    );
+    // Weights saved without their config are checked against head.json.
+    let weights = with_metadata(&saved, None);
     let mut files = ModelFiles::new("head");
     files.insert("head.json", serde_json::to_vec(&config).unwrap());
     files.insert("head.safetensors", weights.clone());

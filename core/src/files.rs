@@ -7,6 +7,10 @@ use serde::de::DeserializeOwned;
 
 use crate::{Error, Result};
 
+/// The largest configuration file (`config.json`, `model_index.json`, ...) parsed: real ones
+/// are a few kilobytes; 16 MiB leaves room for anything legitimate.
+pub const MAX_JSON_BYTES: usize = 16 << 20;
+
 /// The files of one model folder, by their path relative to the folder.
 #[derive(Debug, Clone, Default)]
 pub struct ModelFiles {
@@ -98,6 +102,15 @@ impl ModelFiles {
             folder: self.origin.clone(),
             wanted: name.to_string(),
         })?;
+        if bytes.len() > MAX_JSON_BYTES {
+            return Err(Error::BadJson {
+                file: self.label(name),
+                reason: format!(
+                    "{} bytes, over the limit of {MAX_JSON_BYTES} for a configuration file",
+                    bytes.len()
+                ),
+            });
+        }
         serde_json::from_slice(bytes).map_err(|e| Error::BadJson {
             file: self.label(name),
             reason: e.to_string(),

@@ -514,6 +514,15 @@ pub struct WeightTensors<'a> {
     pub blocks: std::collections::BTreeMap<String, BlockTensor<'a>>,
 }
 
+/// The number of elements of `shape`, `None` when it overflows. Zero when any dimension is
+/// zero, whatever the others (a plain product can overflow before it meets the zero).
+pub(crate) fn element_count(shape: &[usize]) -> Option<usize> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
 /// Reads a GGUF weight file's tensors, flattened ones restored to their recorded shape.
 pub fn read_weights<'a>(file: &str, bytes: &'a [u8]) -> Result<WeightTensors<'a>> {
     let gguf = GgufFile::parse(file, bytes)?;
@@ -546,7 +555,11 @@ pub fn read_weights<'a>(file: &str, bytes: &'a [u8]) -> Result<WeightTensors<'a>
 
 /// A tensor's shape: the one recorded in the metadata for a flattened tensor, else as stored.
 fn recorded_shape(gguf: &GgufFile, info: &TensorInfo) -> Result<Vec<usize>> {
-    let count: usize = info.shape.iter().product();
+    let count = element_count(&info.shape).ok_or_else(|| Error::BadTensor {
+        file: gguf.file.clone(),
+        tensor: info.name.clone(),
+        reason: format!("shape {:?}: its element count overflows", info.shape),
+    })?;
     let recorded = [shape_key(&info.name), comfy_shape_key(&info.name)]
         .into_iter()
         .find_map(|key| gguf.metadata(&key).map(|value| (key, value)));
@@ -557,9 +570,7 @@ fn recorded_shape(gguf: &GgufFile, info: &TensorInfo) -> Result<Vec<usize>> {
                 .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
                 .collect();
             match dims {
-                Some(d) if d.iter().try_fold(1usize, |n, &x| n.checked_mul(x)) == Some(count) => {
-                    Ok(d)
-                }
+                Some(d) if element_count(&d) == Some(count) => Ok(d),
                 _ => Err(Error::Damaged {
                     file: gguf.file.clone(),
                     reason: format!(
@@ -644,7 +655,8 @@ pub fn quantize_weights(
             }
         };
         let rows = t.shape.first().copied().unwrap_or(1);
-        let per_row: usize = t.shape.iter().skip(1).product();
+        // An overflowing row (only possible beside a zero dimension) is no whole block.
+        let per_row = element_count(&t.shape[t.shape.len().min(1)..]).unwrap_or(usize::MAX);
         let path = if policy.scope.is_empty() {
             name.clone()
         } else {

@@ -31,12 +31,52 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// The most files a manifest may list (the shipped one lists 21).
+pub const MAX_FILES: usize = 10_000;
+
+/// Whether `path` stays inside the manifest's folder: relative, `/`-separated, made of plain
+/// names (no `..`, `.`, empty parts, backslashes, drive letters or URL schemes), so neither the
+/// CLI nor the browser (which joins it to the model's URL) can be led outside the folder.
+pub fn is_plain_relative(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 1024
+        && !path.contains(['\\', ':', '?', '#', '%', '\0'])
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
 impl Manifest {
     pub fn from_json(file: &str, bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|e| Error::BadJson {
+        let bad = |reason: String| Error::BadJson {
             file: file.to_string(),
-            reason: e.to_string(),
-        })
+            reason,
+        };
+        let manifest: Self = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        if manifest.files.len() > MAX_FILES {
+            return Err(bad(format!(
+                "{} files listed, over the limit of {MAX_FILES}",
+                manifest.files.len()
+            )));
+        }
+        if let Some(entry) = manifest.files.iter().find(|f| !is_plain_relative(&f.file)) {
+            return Err(bad(format!(
+                "file {:?} is not a plain path inside the model's folder (no `..`, `/` at the \
+                 start, `\\`, `:`, `?`, `#` or `%`)",
+                entry.file
+            )));
+        }
+        if let Some(entry) = manifest
+            .files
+            .iter()
+            .find(|f| f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(bad(format!(
+                "file {:?}: sha256 {:?} is not 64 hex digits",
+                entry.file, entry.sha256
+            )));
+        }
+        Ok(manifest)
     }
 
     /// The files under `folder/` (a prefix such as `generator/`), relative to it.
@@ -78,6 +118,42 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_outside_the_model_folder_are_refused_by_name() {
+        let entry = |file: &str| {
+            format!(
+                r#"{{"files": [{{"file": {file:?}, "bytes": 1, "sha256": "{}"}}]}}"#,
+                "ab".repeat(32)
+            )
+        };
+        assert!(
+            Manifest::from_json("m.json", entry("generator/unet/config.json").as_bytes()).is_ok()
+        );
+        for hostile in [
+            "../secret",
+            "generator/../../secret",
+            "/etc/passwd",
+            "./x",
+            "a//b",
+            "C:\\x",
+            "https://elsewhere.example/x",
+            "a\\..\\b",
+            "%2e%2e/x",
+            "",
+        ] {
+            let err = Manifest::from_json("m.json", entry(hostile).as_bytes())
+                .expect_err(hostile)
+                .to_string();
+            assert!(
+                err.contains("m.json") && err.contains("plain path"),
+                "{hostile}: {err}"
+            );
+        }
+        let short_hash = r#"{"files": [{"file": "a", "bytes": 1, "sha256": "abc"}]}"#;
+        let err = Manifest::from_json("m.json", short_hash.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("64 hex digits"), "{err}");
+    }
 
     #[test]
     fn files_are_checked_by_size_and_hash() {

@@ -162,7 +162,15 @@ fn read_npy(file: &str, bytes: &[u8]) -> Result<Noise> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|e| bad(format!("shape: {e}"))))
         .collect::<Result<_>>()?;
-    let n: usize = shape.iter().product();
+    // Checked: a hostile shape's product can overflow (and wrap to the data's length).
+    let n = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            bad(format!(
+                "shape {shape:?} has more elements than memory can hold"
+            ))
+        })?;
     let data = &bytes[data_start.min(bytes.len())..];
     let values: Vec<f32> = match descr {
         "<f4" => decode(data, n, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
@@ -184,7 +192,7 @@ fn read_npy(file: &str, bytes: &[u8]) -> Result<Noise> {
 }
 
 fn decode(data: &[u8], n: usize, width: usize, f: impl Fn(&[u8]) -> f32) -> Option<Vec<f32>> {
-    (data.len() == n * width).then(|| data.chunks_exact(width).map(f).collect())
+    (n.checked_mul(width) == Some(data.len())).then(|| data.chunks_exact(width).map(f).collect())
 }
 
 fn read_safetensors(file: &str, bytes: &[u8]) -> Result<Noise> {

@@ -26,6 +26,10 @@ pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 /// Images larger than this on a side are refused rather than resized (they would be a mistake).
 pub const MAX_SIDE: u32 = 16_384;
 
+/// The most pixels an image file may declare (64 Mpx, e.g. 8192x8192): checked from its header
+/// before decoding, so the decoded picture stays under 512 MiB even at 16 bits a sample.
+pub const MAX_IMAGE_PIXELS: u64 = 1 << 26;
+
 /// How image files are resized and cropped: the published preprocessing a reward's scores
 /// are reproduced with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -218,18 +222,43 @@ pub fn decode_image(name: &str, bytes: &[u8]) -> Result<ImageFile> {
         name: name.to_string(),
         reason,
     };
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| bad(e.to_string()))?;
+    let open = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| bad(e.to_string()))
+    };
+    let reader = open()?;
     if reader.format().is_none() {
         return Err(bad("not a PNG or JPEG file".into()));
     }
+    // The size the header declares, before any pixel is decoded: a small file can declare a
+    // huge picture (a decompression bomb).
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| bad(format!("cannot read the header: {e}")))?;
+    if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
+        return Err(bad(format!(
+            "size {width}x{height} is out of range (1..={MAX_SIDE} a side)"
+        )));
+    }
+    if u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
+        return Err(bad(format!(
+            "{width}x{height} is over the limit of {MAX_IMAGE_PIXELS} pixels for an image file"
+        )));
+    }
+    let mut reader = open()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    // 16-bit RGBA at the pixel limit, plus the decoder's own buffers.
+    limits.max_alloc = Some(MAX_IMAGE_PIXELS * 8 + (64 << 20));
+    reader.limits(limits);
     let img = reader
         .decode()
         .map_err(|e| bad(format!("cannot decode: {e}")))?;
-    if img.width() == 0 || img.height() == 0 || img.width() > MAX_SIDE || img.height() > MAX_SIDE {
+    if (img.width(), img.height()) != (width, height) {
         return Err(bad(format!(
-            "size {}x{} is out of range (1..={MAX_SIDE})",
+            "decoded {}x{}, the header declares {width}x{height}",
             img.width(),
             img.height()
         )));

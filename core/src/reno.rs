@@ -49,6 +49,9 @@ impl Optimizer {
     };
 }
 
+/// The most iterations one run may ask for (ReNO's paper uses 50; each keeps a record).
+pub const MAX_ITERATIONS: usize = 100_000;
+
 /// ReNO's hyper-parameters; `Default` is the paper's.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RenoConfig {
@@ -99,8 +102,11 @@ impl RenoConfig {
                 ))
             }
         };
-        if self.iterations == 0 {
-            return Err(Error::argument("iterations", "0: at least one is needed"));
+        if self.iterations == 0 || self.iterations > MAX_ITERATIONS {
+            return Err(Error::argument(
+                "iterations",
+                format!("{}: must be 1 to {MAX_ITERATIONS}", self.iterations),
+            ));
         }
         positive("lr", self.lr)?;
         if self.grad_clip.is_nan() || self.grad_clip <= 0.0 {
@@ -500,6 +506,35 @@ pub async fn reno_awaiting(
     config: &RenoConfig,
     on_event: &mut dyn FnMut(&Iteration, Option<&RgbImage>) -> FlowFuture,
 ) -> Result<RenoOutcome> {
+    optimize(objective, noise, config, on_event).await
+}
+
+/// What ReNO's loop asks of an objective (a seam, so the loop's failure handling is tested
+/// without a model).
+trait Objective {
+    fn dimension(&self) -> usize;
+    async fn evaluate(&self, z: &[f32], gradient: bool) -> Result<Evaluation>;
+    async fn term_gradients(&self, z: &[f32]) -> Result<(Evaluation, Vec<Option<Vec<f32>>>)>;
+}
+
+impl Objective for NoiseObjective<'_> {
+    fn dimension(&self) -> usize {
+        NoiseObjective::dimension(self)
+    }
+    async fn evaluate(&self, z: &[f32], gradient: bool) -> Result<Evaluation> {
+        NoiseObjective::evaluate(self, z, gradient).await
+    }
+    async fn term_gradients(&self, z: &[f32]) -> Result<(Evaluation, Vec<Option<Vec<f32>>>)> {
+        NoiseObjective::term_gradients(self, z).await
+    }
+}
+
+async fn optimize(
+    objective: &impl Objective,
+    noise: Noise,
+    config: &RenoConfig,
+    on_event: &mut dyn FnMut(&Iteration, Option<&RgbImage>) -> FlowFuture,
+) -> Result<RenoOutcome> {
     config.validate()?;
     if noise.values.len() != objective.dimension() {
         return Err(Error::argument(
@@ -518,17 +553,34 @@ pub async fn reno_awaiting(
     let mut stopped = None;
     for iteration in 0..config.iterations {
         let last = iteration + 1 == config.iterations;
-        let eval = if config.clip_per_reward && !last {
-            let (mut eval, per_term) = objective.term_gradients(&z).await?;
-            let mut sum = vec![0.0f32; d];
-            for mut g in per_term.into_iter().flatten() {
-                clip_norm(&mut g, config.grad_clip);
-                sum.iter_mut().zip(&g).for_each(|(s, gi)| *s += gi);
-            }
-            eval.gradient = Some(sum);
-            eval
+        let evaluated = if config.clip_per_reward && !last {
+            objective
+                .term_gradients(&z)
+                .await
+                .map(|(mut eval, per_term)| {
+                    let mut sum = vec![0.0f32; d];
+                    for mut g in per_term.into_iter().flatten() {
+                        clip_norm(&mut g, config.grad_clip);
+                        sum.iter_mut().zip(&g).for_each(|(s, gi)| *s += gi);
+                    }
+                    eval.gradient = Some(sum);
+                    eval
+                })
         } else {
-            objective.evaluate(&z, !last).await?
+            objective.evaluate(&z, !last).await
+        };
+        // A failure after the first scored iterate (the device out of memory at a larger
+        // step, a lost device) ends the run with the best so far and says why.
+        let eval = match (evaluated, &best) {
+            (Ok(eval), _) => eval,
+            (Err(e), Some((best_iteration, _, _))) => {
+                stopped = Some(format!(
+                    "iteration {iteration}: {e}; kept the best iterate so far (iteration \
+                     {best_iteration})"
+                ));
+                break;
+            }
+            (Err(e), None) => return Err(e),
         };
         let loss = eval.scores.loss;
         let z_norm = norm(&z);
@@ -598,4 +650,91 @@ pub async fn reno_awaiting(
         trajectory,
         stopped,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// Loss `|z - 1|^2 / d` (falling under ReNO's steps), failing from call `fail_at` on.
+    struct Quadratic {
+        calls: Cell<usize>,
+        fail_at: usize,
+        d: usize,
+    }
+
+    impl Objective for Quadratic {
+        fn dimension(&self) -> usize {
+            self.d
+        }
+        async fn evaluate(&self, z: &[f32], gradient: bool) -> Result<Evaluation> {
+            let call = self.calls.get();
+            self.calls.set(call + 1);
+            if call >= self.fail_at {
+                return Err(Error::OutOfMemory(format!("a 2 GiB buffer at call {call}")));
+            }
+            let n = self.d as f32;
+            let loss = z.iter().map(|v| (v - 1.0).powi(2)).sum::<f32>() / n;
+            let image = Tensor::<4>::zeros([1, 3, 2, 2], &burn::tensor::Device::flex());
+            Ok(Evaluation {
+                scores: ImageScores::new(vec![-loss], &[1.0], loss),
+                gradient: gradient.then(|| z.iter().map(|v| 2.0 * (v - 1.0) / n).collect()),
+                image,
+            })
+        }
+        async fn term_gradients(&self, z: &[f32]) -> Result<(Evaluation, Vec<Option<Vec<f32>>>)> {
+            let eval = self.evaluate(z, true).await?;
+            let g = eval.gradient.clone();
+            Ok((eval, vec![g]))
+        }
+    }
+
+    fn run(fail_at: usize) -> Result<RenoOutcome> {
+        let objective = Quadratic {
+            calls: Cell::new(0),
+            fail_at,
+            d: 16,
+        };
+        let config = RenoConfig {
+            iterations: 10,
+            ..RenoConfig::default()
+        };
+        let noise = Noise::from_seed(1, &[1, 1, 4, 4]);
+        pollster::block_on(optimize(&objective, noise, &config, &mut |_, _| {
+            Box::pin(std::future::ready(Flow::Continue))
+        }))
+    }
+
+    #[test]
+    fn running_out_of_memory_mid_run_keeps_the_best_iterate_and_names_the_levers() {
+        let full = run(usize::MAX).unwrap();
+        assert!(full.stopped.is_none());
+        let cut = run(4).unwrap();
+        let why = cut.stopped.expect("the run says why it stopped");
+        assert!(
+            why.starts_with("iteration 4: the device ran out of memory"),
+            "{why}"
+        );
+        assert!(
+            why.contains("compute in f16") && why.contains("TAESD"),
+            "{why}"
+        );
+        assert_eq!(cut.trajectory.len(), 4);
+        // The best of the four scored iterates, the same as the full run's at that point.
+        let best = cut
+            .trajectory
+            .iter()
+            .map(|i| i.reward_loss)
+            .fold(f32::MAX, f32::min);
+        assert_eq!(cut.trajectory[cut.best_iteration].reward_loss, best);
+        assert_eq!(cut.trajectory[..4], full.trajectory[..4]);
+        assert!(
+            best < cut.trajectory[0].reward_loss,
+            "the steps lowered the loss"
+        );
+        // Failing before any iterate was scored is the error itself.
+        let err = run(0).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory(_)), "{err}");
+    }
 }

@@ -163,6 +163,10 @@ impl Tracker<'_> {
     }
 }
 
+/// The largest budget a search may ask for, in forward passes (ReNO-50 costs about 150): each
+/// candidate costs a record and, for best-of-N, a seed in a list made up front.
+pub const MAX_BUDGET: f32 = 100_000.0;
+
 fn too_small(method: &str, need: f32, budget: f32) -> Error {
     Error::argument(
         "budget",
@@ -236,10 +240,10 @@ pub async fn search_awaiting(
     budget: f32,
     on_step: &mut dyn FnMut(&SearchStep) -> FlowFuture,
 ) -> Result<SearchOutcome> {
-    if !(budget.is_finite() && budget > 0.0) {
+    if !(budget.is_finite() && budget > 0.0 && budget <= MAX_BUDGET) {
         return Err(Error::argument(
             "budget",
-            format!("{budget}: must be positive"),
+            format!("{budget}: must be positive and at most {MAX_BUDGET} forward passes"),
         ));
     }
     let mut tracker = Tracker {
@@ -256,7 +260,7 @@ pub async fn search_awaiting(
             if n < 2 {
                 return Err(too_small("best-of-N", 2.0 * FORWARD_COST, budget));
             }
-            let seeds: Vec<u64> = (seed..seed + n).collect();
+            let seeds: Vec<u64> = (0..n).map(|i| seed.wrapping_add(i)).collect();
             score_seeds(objective, shape, &seeds, *batch, None, &mut tracker).await?;
         }
         Method::ZeroOrder { neighbours, step } => {
@@ -338,7 +342,9 @@ pub async fn search_awaiting(
                 let need = (keep + 1) as f32 * proxy_cost + keep as f32 * FORWARD_COST;
                 return Err(too_small("proxy pruning", need, budget));
             }
-            let seeds: Vec<u64> = (seed..seed + candidates as u64).collect();
+            let seeds: Vec<u64> = (0..candidates as u64)
+                .map(|i| seed.wrapping_add(i))
+                .collect();
             let mut scored = score_seeds(
                 objective,
                 shape,
@@ -371,7 +377,7 @@ pub async fn search_awaiting(
                     explore as f32 * FORWARD_COST + k as f32 * (per_iteration + FORWARD_COST);
                 return Err(too_small("CARINOX", need, budget));
             }
-            let seeds: Vec<u64> = (seed..seed + explore as u64).collect();
+            let seeds: Vec<u64> = (0..explore as u64).map(|i| seed.wrapping_add(i)).collect();
             let mut scored =
                 score_seeds(objective, shape, &seeds, explore, None, &mut tracker).await?;
             scored.sort_by(|a, b| a.2.total_cmp(&b.2));

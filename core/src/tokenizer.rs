@@ -12,6 +12,9 @@ use crate::{Error, Result};
 const BOS: &str = "<|startoftext|>";
 const EOS: &str = "<|endoftext|>";
 /// transformers writes this sentinel for "no limit".
+/// The longest token sequence a tokenizer config may ask for (CLIP's text towers take 77).
+pub const MAX_TOKENS: usize = 4096;
+
 const NO_LIMIT: f64 = 1e29;
 
 /// A tokenized prompt, padded to the model's length.
@@ -75,6 +78,10 @@ impl ClipTokenizer {
             .map(TokenSpec::content);
         let pad = pad.unwrap_or(EOS).to_string();
         let (inner, source) = if let Some(json) = files.get("tokenizer.json") {
+            // The JSON's syntax first: `tokenizers` 0.22 panics (instead of failing) on a
+            // syntax error inside a `decoder` object (found by fuzzing, tests/fuzz/findings).
+            serde_json::from_slice::<serde::de::IgnoredAny>(json)
+                .map_err(|e| tok_error(files, "tokenizer.json", e))?;
             let tok =
                 Tokenizer::from_bytes(json).map_err(|e| tok_error(files, "tokenizer.json", e))?;
             (tok, "tokenizer.json")
@@ -100,8 +107,16 @@ impl ClipTokenizer {
         };
         let pad_id = id(&pad)?;
         let max_length = match config.model_max_length {
-            Some(n) if n > 0.0 && n < NO_LIMIT => n as usize,
-            _ => 77,
+            Some(n) if n >= 1.0 && n <= MAX_TOKENS as f64 => n as usize,
+            // transformers' "no limit" and a missing value: CLIP's 77.
+            Some(n) if n >= NO_LIMIT || n.is_nan() => 77,
+            None => 77,
+            Some(n) => {
+                return Err(Error::Tokenizer {
+                    file: files.label("tokenizer_config.json"),
+                    reason: format!("model_max_length {n} is outside 1..={MAX_TOKENS}"),
+                });
+            }
         };
         let (bos_id, eos_id) = (id(BOS)?, id(EOS)?);
         let mut inner = inner;
@@ -133,6 +148,13 @@ impl ClipTokenizer {
     /// token).
     pub fn encode(&self, prompt: &str, truncate: bool) -> Result<TokenizedPrompt> {
         let mut ids = self.encode_unpadded(prompt)?;
+        if ids.is_empty() {
+            return Err(Error::BadPrompt(
+                "the tokenizer gave no tokens, not even start and end tokens (its \
+                 tokenizer.json has no post-processor)"
+                    .into(),
+            ));
+        }
         let truncated = ids.len() > self.max_length;
         if truncated {
             if !truncate {

@@ -251,7 +251,9 @@ impl burn::module::ModuleMapper for PackedLoader<'_> {
         };
         let expected = param.lazy_shape().to_vec();
         let rows = blocks.shape.first().copied().unwrap_or(0);
-        let per_row: usize = blocks.shape.iter().skip(1).product();
+        // An overflowing count (beside a zero dimension) matches no parameter: a shape error.
+        let per_row = crate::gguf::element_count(&blocks.shape[blocks.shape.len().min(1)..])
+            .unwrap_or(usize::MAX);
         if expected != [rows, per_row] || D != 2 {
             self.error.get_or_insert(Error::BadShape {
                 file: self.file.to_string(),

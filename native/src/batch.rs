@@ -67,9 +67,15 @@ impl Job {
     }
 }
 
+/// The most seeds one prompt line may ask for (`seeds`, or `--seeds-per-prompt`).
+pub const MAX_SEEDS_PER_PROMPT: u64 = 100_000;
+
 /// Every job of a prompt file, in file order (a line's seeds in the order given). A bad line
 /// stops everything before anything runs, naming the line.
 pub fn read_jobs(path: &Path, default_seeds: u64) -> Result<Vec<Job>> {
+    if default_seeds > MAX_SEEDS_PER_PROMPT {
+        bail!("--seeds-per-prompt {default_seeds}: at most {MAX_SEEDS_PER_PROMPT}");
+    }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut jobs = vec![];
@@ -106,6 +112,13 @@ pub fn read_jobs(path: &Path, default_seeds: u64) -> Result<Vec<Job>> {
             }
             (None, None) => (0..default_seeds).collect(),
         };
+        if seeds.len() as u64 > MAX_SEEDS_PER_PROMPT {
+            bail!(
+                "{}: {} seeds, over the limit of {MAX_SEEDS_PER_PROMPT} per prompt (nothing was run)",
+                at(),
+                seeds.len()
+            );
+        }
         let steps = match extra.remove("steps") {
             None => None,
             Some(v) => match v.as_u64() {

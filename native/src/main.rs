@@ -79,6 +79,7 @@ fn run(command: Command) -> Result<()> {
 /// a torn file behind.
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     use anyhow::Context;
+    use std::io::Write;
     // Named per process: shards writing into one folder never share a temporary file.
     let name = path.file_name().map(|n| n.to_string_lossy().to_string());
     let tmp = path.with_file_name(format!(
@@ -86,8 +87,16 @@ pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
         name.unwrap_or_default(),
         std::process::id()
     ));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+    // Flushed to the disk before the rename, so a crash or power cut after it cannot leave a
+    // renamed but empty file; a failed write (a full disk) removes its temporary file.
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
+    }
+    Ok(())
 }
 
 /// Set by the first Ctrl-C: long runs stop after the current step (or image) and keep their work.

@@ -539,9 +539,9 @@ fn run_reno(
             let written = image
                 .to_png(&[("prompt", prompt.to_string())])
                 .map_err(anyhow::Error::from)
-                .and_then(|png| Ok(std::fs::write(&path, png)?));
+                .and_then(|png| crate::write_atomic(&path, &png));
             if let Err(e) = written {
-                save_error = Some(e.context(format!("writing {}", path.display())));
+                save_error = Some(e);
                 return Flow::Stop;
             }
         }

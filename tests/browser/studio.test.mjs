@@ -232,19 +232,25 @@ test('models are verified and cached; damaged copies are refused', { timeout: 60
     assert.match(offline.report.warnings.join('\n'), /offline .*using the manifest cached on the last visit/);
     await page.unroute('**/models/shapes/**');
 
-    // A damaged cached copy is refused and fetched again.
+    // A damaged cached copy, and one cut short (a crash mid-write), are refused and fetched again.
     await page.evaluate(async () => {
       const cache = await caches.open('tastebud-models-v1');
-      const key = (await cache.keys()).find((r) => r.url.includes('clip/config.json'));
-      const bytes = new Uint8Array(await (await cache.match(key)).arrayBuffer());
+      const keys = await cache.keys();
+      const damaged = keys.find((r) => r.url.includes('clip/config.json'));
+      const bytes = new Uint8Array(await (await cache.match(damaged)).arrayBuffer());
       bytes[5] ^= 1;
-      await cache.put(key, new Response(bytes));
+      await cache.put(damaged, new Response(bytes));
+      const cut = keys.find((r) => r.url.includes('generator/unet/config.json'));
+      const whole = new Uint8Array(await (await cache.match(cut)).arrayBuffer());
+      await cache.put(cut, new Response(whole.slice(0, whole.length >> 1)));
     });
     const repaired = await load({});
     assert.ok(repaired.report, repaired.error);
-    assert.match(repaired.report.warnings.join('\n'), /the cached copy of clip\/config\.json was refused \(sha256/);
-    assert.deepEqual(repaired.report.files.filter((f) => f.source === 'network').map((f) => f.file),
-      ['clip/config.json']);
+    const warnings = repaired.report.warnings.join('\n');
+    assert.match(warnings, /the cached copy of clip\/config\.json was refused \(sha256/);
+    assert.match(warnings, /the cached copy of generator\/unet\/config\.json was refused \(\d+ bytes/);
+    assert.deepEqual(repaired.report.files.filter((f) => f.source === 'network').map((f) => f.file).sort(),
+      ['clip/config.json', 'generator/unet/config.json']);
     assert.equal(repaired.sum, first.sum);
 
     // A full cache (quota exceeded) loses nothing: the model loads and draws, and says so.

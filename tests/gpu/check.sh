@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The real-GPU check (about 6 minutes on an H200): run on a bare Linux machine with an NVIDIA GPU,
+# The real-GPU check (about 8 minutes on an H200, the fused build's warm-ups included): run on
+# a bare Linux machine with an NVIDIA GPU,
 # PyTorch and no network, in a copy of the repository that carries .gpu/ (made by
 # tests/gpu/prepare.sh). It
 #   1. builds the SD-Turbo-architecture snapshot (random weights) and a CLIP-H-sized reward there,
 #   2. runs the wgpu and f16 parity tests on the GPU (every test also runs on the CPU backend),
 #   3. times `tastebud bench` at 512 px on the GPU in f32 and f16 and one ReNO iteration's worth,
+#      and the same bench and ReNO with burn's kernel fusion (the `fusion` build),
 #   4. times diffusers on CUDA, fp32 and fp16, on the same snapshot (tests/gpu/torch_cuda.py),
 # and writes everything to $OUT (or /tmp/tastebud-gpu): log.txt, results.json, results.md.
 set -uo pipefail
@@ -70,7 +72,7 @@ step "parity tests on the GPU"
 : >"$WORK/tests.txt"
 for t in "$WORK/bin/"*; do
   name=$(basename "$t")
-  [ "$name" = tastebud ] && continue
+  case "$name" in tastebud*) continue ;; esac
   if timeout 150 "$t" --test-threads 2 >"$WORK/test-$name.log" 2>&1; then
     echo "$name: passed ($(grep -o '[0-9]* passed' "$WORK/test-$name.log" | tail -1))" | tee -a "$WORK/tests.txt"
   else
@@ -87,12 +89,30 @@ for dtype in f32 f16; do
   tail -3 "$WORK/bench-$dtype.err"
 done
 
+step "tastebud bench, 512 px, GPU, with kernel fusion"
+for variant in gpu-f32 gpu-f16; do
+  peak_gpu timeout 90 "$WORK/bin/tastebud-fused" bench --model "$SNAP" --device "${variant%-*}" \
+    --dtype "${variant#*-}" --runs 3 --warmup 1 \
+    >"$WORK/fused-$variant.json" 2>"$WORK/fused-$variant.err"
+  tail -3 "$WORK/fused-$variant.err"
+done
+
 step "tastebud optimize (ReNO), 512 px, GPU"
 for dtype in f32 f16; do
   peak_gpu "$TB" optimize --model "$SNAP" --prompt "a photo of a cat" --reward "clip=$CLIP:0.01" \
     --iters 4 --device gpu --dtype $dtype --json --out "$WORK/reno-$dtype.png" \
     >"$WORK/reno-$dtype.json" 2>"$WORK/reno-$dtype.err"
   tail -3 "$WORK/reno-$dtype.err"
+done
+
+step "tastebud optimize (ReNO), 512 px, GPU, with kernel fusion"
+# 10 iterations: on lavapipe fusion's first two iterations carried ~75 s of autotuning and
+# kernel compilation, so its per-iteration figure needs a run long enough to show both.
+for variant in gpu-f32; do
+  peak_gpu timeout 120 "$WORK/bin/tastebud-fused" optimize --model "$SNAP" --prompt "a photo of a cat" \
+    --reward "clip=$CLIP:0.01" --iters 10 --device "${variant%-*}" --dtype "${variant#*-}" --json \
+    --out "$WORK/fused-reno-$variant.png" >"$WORK/fused-reno-$variant.json" 2>"$WORK/fused-reno-$variant.err"
+  tail -3 "$WORK/fused-reno-$variant.err"
 done
 
 step "diffusers on CUDA"
@@ -121,6 +141,12 @@ for d in ("f32", "f16"):
     r[f"bench_{d}_peak_gpu_mib"] = peak(f"bench-{d}.err")
     r[f"reno_{d}"] = load(f"reno-{d}.json")
     r[f"reno_{d}_peak_gpu_mib"] = peak(f"reno-{d}.err")
+for v in ("gpu-f32", "gpu-f16"):
+    r[f"fused_{v}"] = load(f"fused-{v}.json")
+    r[f"fused_{v}_peak_gpu_mib"] = peak(f"fused-{v}.err")
+for v in ("gpu-f32",):
+    r[f"fused_reno_{v}"] = load(f"fused-reno-{v}.json")
+    r[f"fused_reno_{v}_peak_gpu_mib"] = peak(f"fused-reno-{v}.err")
 json.dump(r, open(os.path.join(out, "results.json"), "w"), indent=1)
 lines = ["| runtime | precision | text (ms) | UNet step (ms) | VAE decode (ms) | total (ms) | peak GPU (MiB) |",
          "|---|---|---|---|---|---|---|"]
@@ -129,6 +155,14 @@ for d in ("f32", "f16"):
     if b:
         lines.append(f"| Tastebud wgpu | {d} | {b['text_ms']:.1f} | {b['denoise_ms']:.1f} | {b['decode_ms']:.1f} | "
                      f"{b['total_ms']:.1f} | {r[f'bench_{d}_peak_gpu_mib']} (whole GPU) |")
+for v, name in (("gpu", "Tastebud wgpu + fusion"),):
+    for d in ("f32", "f16"):
+        b = r[f"fused_{v}-{d}"]
+        if b:
+            lines.append(f"| {name} | {d} | {b['text_ms']:.1f} | {b['denoise_ms']:.1f} | {b['decode_ms']:.1f} | "
+                         f"{b['total_ms']:.1f} | {r[f'fused_{v}-{d}_peak_gpu_mib']} (whole GPU) |")
+        else:
+            lines.append(f"| {name} | {d} | failed: see log.txt | | | | |")
 t = r["torch"] or {}
 for d in ("fp32", "fp16"):
     g = t.get(f"generate_{d}")
@@ -140,6 +174,10 @@ for d in ("f32", "f16"):
     o = r[f"reno_{d}"]
     if o:
         lines.append(f"| Tastebud wgpu | {d} | {o['ms']['per_step']:.1f} | {r[f'reno_{d}_peak_gpu_mib']} (whole GPU) |")
+for v, name in (("gpu-f32", "Tastebud wgpu + fusion (10 iterations)"),):
+    o = r[f"fused_reno_{v}"]
+    if o:
+        lines.append(f"| {name} | f32 | {o['ms']['per_step']:.1f} | {r[f'fused_reno_{v}_peak_gpu_mib']} (whole GPU) |")
 for d in ("fp32", "fp16"):
     g = t.get(f"reno_{d}")
     if g:

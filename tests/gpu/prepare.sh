@@ -27,6 +27,10 @@ for line in sys.stdin:
         shutil.copy(m["executable"], ".gpu/bin/" + m["target"]["name"])
 '
 cp "$CARGO_TARGET_DIR/release/tastebud" .gpu/bin/
+# The same CLI with burn's kernel fusion and fusion autotuning, so the check can decide that
+# lever on the real GPU. Built second: only burn's crates and ours rebuild for the feature.
+cargo build --release -p tastebud --bin tastebud --features fusion
+cp "$CARGO_TARGET_DIR/release/tastebud" .gpu/bin/tastebud-fused
 strip .gpu/bin/*
 # xz: the working tree that travels is capped at 64 MiB.
 xz -T0 -6 .gpu/bin/*

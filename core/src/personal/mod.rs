@@ -22,6 +22,7 @@ pub mod vpl;
 use burn::module::Module;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
 use crate::files::ModelFiles;
@@ -33,6 +34,8 @@ pub const HEAD_FORMAT: &str = "tastebud-head";
 pub const HEAD_VERSION: u32 = 1;
 pub const HEAD_CONFIG: &str = "head.json";
 pub const HEAD_WEIGHTS: &str = "head.safetensors";
+/// The weights file's metadata key that holds the head's config (the same JSON as `head.json`).
+pub const HEAD_METADATA: &str = "tastebud.head";
 
 /// The kinds of head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,13 +271,21 @@ impl PersonalHead {
         read_f32(self.score(x, t)?).await
     }
 
-    /// The head's two files: `head.json` and `head.safetensors`.
+    /// The head's two files: `head.json` and `head.safetensors`. The weights file carries the
+    /// same config in its metadata (`tastebud.head`), so it is a whole head by itself: a save
+    /// interrupted between the two files' renames still loads as the old head or the new one.
     pub fn to_files(&self) -> Result<(Vec<u8>, Vec<u8>)> {
         let json = serde_json::to_vec_pretty(&self.config).map_err(|e| Error::BadJson {
             file: HEAD_CONFIG.into(),
             reason: e.to_string(),
         })?;
-        let mut store = SafetensorsStore::from_bytes(None).with_to_adapter(BurnToPyTorchAdapter);
+        let compact = serde_json::to_string(&self.config).map_err(|e| Error::BadJson {
+            file: HEAD_CONFIG.into(),
+            reason: e.to_string(),
+        })?;
+        let mut store = SafetensorsStore::from_bytes(None)
+            .metadata(HEAD_METADATA, compact)
+            .with_to_adapter(BurnToPyTorchAdapter);
         let saved = match &self.model {
             HeadModel::Linear(h) => h.save_into(&mut store),
             HeadModel::Mlp(h) => h.save_into(&mut store),
@@ -291,15 +302,28 @@ impl PersonalHead {
     }
 
     /// Loads `head.json` + `head.safetensors` from a folder's files, checking every tensor
-    /// against the config.
+    /// against the config. The config inside the weights file (written since 2026-12-01)
+    /// wins over `head.json`: it is the one those weights were saved with.
     pub fn from_files(files: &mut ModelFiles, device: &Device) -> Result<Self> {
-        let config: HeadConfig = files.json(HEAD_CONFIG)?;
-        config.validate(&files.label(HEAD_CONFIG))?;
         let file = files.label(HEAD_WEIGHTS);
         let bytes = files.take(HEAD_WEIGHTS).ok_or_else(|| Error::MissingFile {
             folder: files.origin.clone(),
             wanted: HEAD_WEIGHTS.into(),
         })?;
+        let embedded = SafeTensors::read_metadata(&bytes)
+            .ok()
+            .and_then(|(_, m)| m.metadata().as_ref()?.get(HEAD_METADATA).cloned());
+        let (config, config_file): (HeadConfig, String) = match embedded {
+            Some(text) => (
+                serde_json::from_str(&text).map_err(|e| Error::BadJson {
+                    file: format!("{file} (metadata {HEAD_METADATA})"),
+                    reason: e.to_string(),
+                })?,
+                format!("{file} (metadata {HEAD_METADATA})"),
+            ),
+            None => (files.json(HEAD_CONFIG)?, files.label(HEAD_CONFIG)),
+        };
+        config.validate(&config_file)?;
         let c = &config;
         let mut rng = crate::noise::Rng::new(0);
         let model = match c.kind {
