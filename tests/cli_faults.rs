@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
@@ -63,12 +64,21 @@ fn kill_at_every_moment(args: &[&str], target: &Path, old: &[u8], signal: &str) 
     let mut saw_old = 0;
     for k in 0..tries {
         std::fs::write(target, old).unwrap();
-        let mut child = Command::new(bin())
+        let mut command = Command::new(bin());
+        command
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null());
+        // A shell that starts jobs in the background hands them SIGINT ignored (and ignored
+        // signals survive exec): give the CLI the default Ctrl-C a terminal user's has.
+        // SAFETY: `signal` is async-signal-safe, as `pre_exec` requires.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
         // The last tries land near the end, where the write is.
         std::thread::sleep(full.mul_f64(k as f64 / (tries - 2) as f64));
         let _ = Command::new("kill")

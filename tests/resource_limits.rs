@@ -140,16 +140,25 @@ fn fuzz_findings_are_refused_by_name() {
         err.to_string().contains("noise.npy") && err.to_string().contains("more elements"),
         "{err}"
     );
-    // A GGUF tensor with a zero dimension ahead of two huge ones: a plain product overflowed.
+    // A GGUF tensor with a zero dimension behind two huge ones: a plain product of its
+    // shape overflowed. (The fuzzer's file also names a tensor twice, refused since.)
     let bytes = finding("gguf", "zero-dimension-product-overflow.gguf");
-    let read = tastebud_core::gguf::read_weights("f.gguf", &bytes).unwrap();
-    let shapes: Vec<_> = read
-        .dense
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.shape.clone()))
-        .collect();
-    assert_eq!(shapes, [("", vec![])]);
-    assert!(read.blocks.is_empty());
+    let err = tastebud_core::gguf::read_weights("f.gguf", &bytes).unwrap_err();
+    assert!(err.to_string().contains("appears twice"), "{err}");
+    let empty = gguf_file(&[("e", &[0, 1 << 40, 1 << 40], 0)], &[]);
+    let read = tastebud_core::gguf::read_weights("f.gguf", &empty).unwrap();
+    assert_eq!(read.dense["e"].shape, [1 << 40, 1 << 40, 0]);
+    assert!(read.dense["e"].data.is_empty());
+    // The aliased tensors and the zero-stride checkpoint (below) are refused by name.
+    let bytes = finding("gguf", "aliased-tensors-widen-without-bound.gguf");
+    let err = tastebud_core::gguf::read_weights("f.gguf", &bytes).unwrap_err();
+    assert!(err.to_string().contains("share data bytes"), "{err}");
+    let bytes = finding(
+        "torch_pickle",
+        "zero-stride-view-repeats-one-value-1-gib.pt",
+    );
+    let err = tastebud_core::torch_pickle::read_checkpoint("z.pt", &bytes).unwrap_err();
+    assert!(err.to_string().contains("zero strides"), "{err}");
 }
 
 #[test]
@@ -164,4 +173,132 @@ fn a_tokenizer_json_with_a_syntax_error_is_an_error_not_a_panic() {
     files.insert("tokenizer.json", bytes);
     let err = ClipTokenizer::from_files(&files).err().unwrap();
     assert!(err.to_string().contains("tok/tokenizer.json"), "{err}");
+}
+
+/// A GGUF v3 file of f32 tensors `(name, ggml dimensions, data offset)` over `data` (no
+/// metadata).
+fn gguf_file(tensors: &[(&str, &[u64], u64)], data: &[u8]) -> Vec<u8> {
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend(0u64.to_le_bytes());
+    for (name, dims, offset) in tensors {
+        out.extend((name.len() as u64).to_le_bytes());
+        out.extend(name.as_bytes());
+        out.extend((dims.len() as u32).to_le_bytes());
+        for d in *dims {
+            out.extend(d.to_le_bytes());
+        }
+        out.extend(0u32.to_le_bytes()); // f32
+        out.extend(offset.to_le_bytes());
+    }
+    out.resize(out.len().div_ceil(32) * 32, 0);
+    out.extend(data);
+    out
+}
+
+#[test]
+fn gguf_tensors_may_not_share_bytes_or_names() {
+    use tastebud_core::gguf;
+    let data = vec![0u8; 4096];
+    // Laid out one after another (as ggml writes them): read.
+    let fine = gguf_file(&[("a", &[512], 0), ("b", &[512], 2048)], &data);
+    assert_eq!(gguf::read_weights("f.gguf", &fine).unwrap().dense.len(), 2);
+    // A thousand tensors on the same 4 KiB would widen to 4 MiB (a real file of this kind
+    // asks for terabytes): refused, naming two of them.
+    let names: Vec<String> = (0..1000).map(|i| format!("t{i}")).collect();
+    let aliased: Vec<_> = names.iter().map(|n| (n.as_str(), &[1024][..], 0)).collect();
+    let err = gguf::read_weights("alias.gguf", &gguf_file(&aliased, &data)).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("alias.gguf") && text.contains("share data bytes"),
+        "{text}"
+    );
+    // Partial overlap is refused too; a repeated name would silently replace a weight.
+    let overlap = gguf_file(&[("a", &[512], 0), ("b", &[512], 1024)], &data);
+    assert!(gguf::GgufFile::parse("o.gguf", &overlap).is_err());
+    let twice = gguf_file(&[("a", &[512], 0), ("a", &[512], 2048)], &data);
+    let text = gguf::read_weights("twice.gguf", &twice)
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("tensor a appears twice"), "{text}");
+}
+
+/// A tensor in a pickle: name, storage key, storage elements, sizes, strides.
+type PickledTensor<'a> = (&'a str, &'a str, i32, &'a [i32], &'a [i32]);
+
+/// A protocol-2 pickle of a dict of f32 tensors, as `torch.save` writes them.
+fn state_dict_pickle(tensors: &[PickledTensor]) -> Vec<u8> {
+    let mut p = b"\x80\x02}(".to_vec();
+    let text = |p: &mut Vec<u8>, s: &str| {
+        p.push(b'X');
+        p.extend((s.len() as u32).to_le_bytes());
+        p.extend(s.as_bytes());
+    };
+    let ints = |p: &mut Vec<u8>, values: &[i32]| {
+        p.push(b'(');
+        for v in values {
+            p.push(b'J');
+            p.extend(v.to_le_bytes());
+        }
+        p.push(b't');
+    };
+    for (name, key, elements, size, stride) in tensors {
+        text(&mut p, name);
+        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        text(&mut p, "storage");
+        p.extend(b"ctorch\nFloatStorage\n");
+        text(&mut p, key);
+        text(&mut p, "cpu");
+        p.push(b'J');
+        p.extend(elements.to_le_bytes());
+        p.extend(b"tQ");
+        p.push(b'J');
+        p.extend(0i32.to_le_bytes()); // storage offset
+        ints(&mut p, size);
+        ints(&mut p, stride);
+        p.extend(b"\x89ccollections\nOrderedDict\n)RtR");
+    }
+    p.extend(b"u.");
+    p
+}
+
+#[test]
+fn a_checkpoint_cannot_expand_without_bound() {
+    use tastebud_core::torch_pickle::{MAX_EXPANSION, read_checkpoint};
+    const N: i32 = 1 << 18; // a 1 MiB storage
+    let storage = vec![("0", vec![0u8; 4 << 18])];
+    // Tied weights (two tensors on one storage) load.
+    let tied = state_dict_pickle(&[
+        ("embed.weight", "0", N, &[N], &[1]),
+        ("head.weight", "0", N, &[N], &[1]),
+    ]);
+    let read = read_checkpoint("tied.pt", &torch_archive_with(&tied, &storage)).unwrap();
+    assert_eq!(read["head.weight"].data.len(), 4 << 18);
+    // Forty tensors on it would take 80 MiB from a 1 MiB archive: refused, naming the limit.
+    let names: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
+    let many: Vec<_> = names
+        .iter()
+        .map(|n| (n.as_str(), "0", N, &[N][..], &[1][..]))
+        .collect();
+    let err = read_checkpoint(
+        "many.pt",
+        &torch_archive_with(&state_dict_pickle(&many), &storage),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("many.pt") && text.contains(&format!("{MAX_EXPANSION} times")),
+        "{text}"
+    );
+    // A zero stride repeats one value 2^30 times (4 GiB): refused before it is gathered.
+    let one = vec![("0", vec![0u8; 4])];
+    let repeat = state_dict_pickle(&[("w", "0", 1, &[1 << 30], &[0])]);
+    let text = read_checkpoint("stride.pt", &torch_archive_with(&repeat, &one))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("stride.pt") && text.contains("zero strides"),
+        "{text}"
+    );
 }

@@ -328,6 +328,7 @@ impl<'a> GgufFile<'a> {
         }
         let start = (r.at as u64).div_ceil(alignment) * alignment;
         let data = bytes.get(start as usize..).unwrap_or(&[]);
+        check_layout(&tensors).map_err(|reason| r.bad(reason))?;
         for t in &tensors {
             let end = t.offset.checked_add(t.bytes);
             if !t.offset.is_multiple_of(alignment) || end.is_none_or(|e| e > data.len() as u64) {
@@ -375,6 +376,29 @@ impl<'a> GgufFile<'a> {
             }
         })
     }
+}
+
+/// Tensors' data may not overlap, and names may not repeat. ggml itself lays tensors out one
+/// after another; a file whose tensors all point at the same bytes would otherwise widen to
+/// thousands of times its size (a fuzzer's find), and a repeated name would silently replace
+/// a weight.
+fn check_layout(tensors: &[TensorInfo]) -> std::result::Result<(), String> {
+    let mut names = std::collections::HashSet::with_capacity(tensors.len());
+    if let Some(t) = tensors.iter().find(|t| !names.insert(t.name.as_str())) {
+        return Err(format!("tensor {} appears twice", t.name));
+    }
+    let mut ranges: Vec<&TensorInfo> = tensors.iter().filter(|t| t.bytes > 0).collect();
+    ranges.sort_by_key(|t| t.offset);
+    for pair in ranges.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if a.offset.saturating_add(a.bytes) > b.offset {
+            return Err(format!(
+                "tensors {} and {} share data bytes (at data offsets {} and {})",
+                a.name, b.name, a.offset, b.offset
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Float bytes as f32 (the dtype was checked when the tensor's type was decided).

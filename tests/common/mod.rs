@@ -66,6 +66,11 @@ pub fn max_pixel_diff(a: &[u8], b: &[u8]) -> u8 {
 
 /// A `torch.save`-shaped archive (`archive/data.pkl`, `archive/byteorder`) around `pickle`.
 pub fn torch_archive(pickle: &[u8]) -> Vec<u8> {
+    torch_archive_with(pickle, &[])
+}
+
+/// The same with storages (`archive/data/KEY`), stored uncompressed as `torch.save` does.
+pub fn torch_archive_with(pickle: &[u8], storages: &[(&str, Vec<u8>)]) -> Vec<u8> {
     use std::io::Write;
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options =
@@ -74,6 +79,11 @@ pub fn torch_archive(pickle: &[u8]) -> Vec<u8> {
     zip.write_all(pickle).unwrap();
     zip.start_file("archive/byteorder", options).unwrap();
     zip.write_all(b"little").unwrap();
+    for (key, bytes) in storages {
+        zip.start_file(format!("archive/data/{key}"), options)
+            .unwrap();
+        zip.write_all(bytes).unwrap();
+    }
     zip.finish().unwrap().into_inner()
 }
 

@@ -99,6 +99,16 @@ def main():
     put("tokenizer_json", "shapes-clip", (SHAPES / "clip" / "tokenizer.json").read_bytes() + b"\0"
         + (SHAPES / "clip" / "tokenizer_config.json").read_bytes())
     put("tokenizer_json", "clip-tf5", (FIX / "clip-tf5" / "tokenizer.json").read_bytes())
+    # The shapes tokenizer cut to its first merges and the tokens they need: the same code
+    # paths at a tenth of the bytes, so mutations of it run several times faster.
+    tok = json.loads((SHAPES / "clip" / "tokenizer.json").read_text())
+    merges = tok["model"]["merges"][:12]
+    vocab = tok["model"]["vocab"]
+    keep = {t for t in vocab if len(t) == 1 or t in ("<|startoftext|>", "<|endoftext|>")}
+    keep |= {"".join(m) for m in merges} | {t + "</w>" for t in keep if len(t) == 1}
+    tok["model"]["vocab"] = {t: i for t, i in vocab.items() if t in keep}
+    tok["model"]["merges"] = merges
+    put("tokenizer_json", "shapes-clip-small", json.dumps(tok).encode())
 
     # vocab.json + NUL + merges.txt, cut to the first few hundred entries (the full files are
     # 1.5 MB, too large for a useful seed).

@@ -31,6 +31,11 @@ pub const MAX_STACK: usize = 1 << 18;
 pub const MAX_MEMO: usize = 1 << 21;
 /// How many values (strings counted per 16 bytes) copies out of the memo may make in all.
 pub const MAX_COPIED: usize = 1 << 23;
+/// How many times its own size a checkpoint may expand to while it is read (entries
+/// decompressed, storages read once per tensor, tensors gathered). An ordinary checkpoint
+/// takes about twice its size, a few more with tied weights; a crafted one (thousands of
+/// tensors on one storage, zero strides, a deflate bomb) would ask for terabytes.
+pub const MAX_EXPANSION: usize = 8;
 
 /// One tensor taken out of a checkpoint: contiguous little-endian data.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,28 +127,33 @@ pub fn read_checkpoint(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, RawT
         .cloned()
         .ok_or_else(|| corrupt(file, "no <name>/data.pkl in the archive".into()))?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
-    let entry = |archive: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str| -> Result<Vec<u8>> {
+    let mut budget = Expansion::new(file, bytes.len());
+    let entry = |archive: &mut zip::ZipArchive<Cursor<&[u8]>>,
+                 budget: &mut Expansion,
+                 name: &str|
+     -> Result<Vec<u8>> {
         let f = archive
             .by_name(name)
             .map_err(|e| corrupt(file, format!("{name}: {e}")))?;
-        // The declared size comes from the file: read at most that much, and reserve no more
-        // than the archive could hold uncompressed.
+        // The declared size comes from the file: read at most that much and at most what the
+        // budget has left, and reserve no more than the archive could hold uncompressed.
         let declared = f.size();
         let mut out = Vec::with_capacity((declared as usize).min(bytes.len()));
-        f.take(declared)
+        f.take(declared.min(budget.left() as u64 + 1))
             .read_to_end(&mut out)
             .map_err(|e| corrupt(file, format!("{name}: {e}")))?;
+        budget.spend(out.len(), name)?;
         Ok(out)
     };
     if names.contains(&format!("{prefix}byteorder"))
-        && entry(&mut archive, &format!("{prefix}byteorder"))? != b"little"
+        && entry(&mut archive, &mut budget, &format!("{prefix}byteorder"))? != b"little"
     {
         return Err(corrupt(
             file,
             "big-endian checkpoints are not supported".into(),
         ));
     }
-    let pickle = entry(&mut archive, &pkl_name)?;
+    let pickle = entry(&mut archive, &mut budget, &pkl_name)?;
     let root = Machine::new(file).run(&pickle)?;
     let root = match root {
         Value::Dict(items) => {
@@ -167,7 +177,14 @@ pub fn read_checkpoint(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, RawT
         };
         // Read per tensor, not cached: storages are rarely shared, and a cache would hold a
         // second copy of every weight while converting.
-        let storage = entry(&mut archive, &format!("{prefix}data/{}", t.storage_key))?;
+        let storage = entry(
+            &mut archive,
+            &mut budget,
+            &format!("{prefix}data/{}", t.storage_key),
+        )?;
+        if let Some(n) = gathered_bytes(&t) {
+            budget.spend(n, &name)?; // an overflowing size is named by `gather`
+        }
         let data = gather(file, &name, &t, &storage)?;
         out.insert(
             name,
@@ -182,6 +199,50 @@ pub fn read_checkpoint(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, RawT
         return Err(corrupt(file, "the checkpoint holds no tensors".into()));
     }
     Ok(out)
+}
+
+/// What reading a checkpoint may still take before it exceeds [`MAX_EXPANSION`] times its size.
+struct Expansion<'a> {
+    file: &'a str,
+    limit: usize,
+    spent: usize,
+}
+
+impl<'a> Expansion<'a> {
+    fn new(file: &'a str, archive_bytes: usize) -> Self {
+        // A floor keeps tiny archives (tests, fixtures) from tripping over the pickle itself.
+        let limit = archive_bytes.saturating_mul(MAX_EXPANSION).max(1 << 20);
+        Self {
+            file,
+            limit,
+            spent: 0,
+        }
+    }
+
+    fn left(&self) -> usize {
+        self.limit - self.spent
+    }
+
+    fn spend(&mut self, bytes: usize, what: &str) -> Result<()> {
+        if bytes > self.left() {
+            return Err(corrupt(
+                self.file,
+                format!(
+                    "reading {what} would take the checkpoint past {MAX_EXPANSION} times its \
+                     size ({} bytes: storages shared by many tensors, zero strides or a \
+                     compressed entry that expands without bound)",
+                    self.limit
+                ),
+            ));
+        }
+        self.spent += bytes;
+        Ok(())
+    }
+}
+
+/// The bytes a tensor's gathered data takes (`None` when its size overflows).
+fn gathered_bytes(t: &TensorRef) -> Option<usize> {
+    crate::gguf::element_count(&t.size)?.checked_mul(element_bytes(t.dtype))
 }
 
 /// A tensor's elements in row-major order, following its strides through the storage.
