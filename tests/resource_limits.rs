@@ -149,6 +149,15 @@ fn fuzz_findings_are_refused_by_name() {
     let read = tastebud_core::gguf::read_weights("f.gguf", &empty).unwrap();
     assert_eq!(read.dense["e"].shape, [1 << 40, 1 << 40, 0]);
     assert!(read.dense["e"].data.is_empty());
+    // Re-serialised for the loaders, the same shape overflowed inside the safetensors crate's
+    // `TensorView::new` (unchecked product); it is refused by name before that.
+    for bytes in [
+        empty,
+        finding("gguf", "zero-element-shape-overflows-safetensors-view.gguf"),
+    ] {
+        let err = tastebud_core::gguf::to_safetensors("f.gguf", &bytes).unwrap_err();
+        assert!(err.to_string().contains("overflows"), "{err}");
+    }
     // The aliased tensors and the zero-stride checkpoint (below) are refused by name.
     let bytes = finding("gguf", "aliased-tensors-widen-without-bound.gguf");
     let err = tastebud_core::gguf::read_weights("f.gguf", &bytes).unwrap_err();
@@ -162,17 +171,32 @@ fn fuzz_findings_are_refused_by_name() {
 }
 
 #[test]
-fn a_tokenizer_json_with_a_syntax_error_is_an_error_not_a_panic() {
-    // tokenizers 0.22 panics ("Helper") on a syntax error inside `decoder`.
-    let bytes = std::fs::read(
-        fixtures()
-            .join("../fuzz/findings/tokenizer_json/decoder-syntax-error-panics-in-tokenizers"),
-    )
-    .unwrap();
-    let mut files = ModelFiles::new("tok");
-    files.insert("tokenizer.json", bytes);
-    let err = ClipTokenizer::from_files(&files).err().unwrap();
-    assert!(err.to_string().contains("tok/tokenizer.json"), "{err}");
+fn tokenizer_json_that_tokenizers_would_panic_on_is_an_error() {
+    // tokenizers 0.22 `expect`s while reading a `decoder` (a syntax error, a string that is not
+    // UTF-8) and a `Precompiled` normalizer; each is refused before it sees the file.
+    for (finding, why) in [
+        (
+            "decoder-syntax-error-panics-in-tokenizers",
+            "key must be a string",
+        ),
+        (
+            "decoder-invalid-utf8-panics-in-tokenizers",
+            "invalid unicode code point",
+        ),
+        ("precompiled-normalizer-panics-in-tokenizers", "Precompiled"),
+    ] {
+        let bytes = std::fs::read(
+            fixtures()
+                .join("../fuzz/findings/tokenizer_json")
+                .join(finding),
+        )
+        .unwrap();
+        let mut files = ModelFiles::new("tok");
+        files.insert("tokenizer.json", bytes);
+        let err = ClipTokenizer::from_files(&files).err().unwrap().to_string();
+        assert!(err.contains("tok/tokenizer.json"), "{finding}: {err}");
+        assert!(err.contains(why), "{finding}: {err}");
+    }
 }
 
 /// A GGUF v3 file of f32 tensors `(name, ggml dimensions, data offset)` over `data` (no

@@ -78,10 +78,7 @@ impl ClipTokenizer {
             .map(TokenSpec::content);
         let pad = pad.unwrap_or(EOS).to_string();
         let (inner, source) = if let Some(json) = files.get("tokenizer.json") {
-            // The JSON's syntax first: `tokenizers` 0.22 panics (instead of failing) on a
-            // syntax error inside a `decoder` object (found by fuzzing, tests/fuzz/findings).
-            serde_json::from_slice::<serde::de::IgnoredAny>(json)
-                .map_err(|e| tok_error(files, "tokenizer.json", e))?;
+            check_tokenizer_json(json).map_err(|e| tok_error(files, "tokenizer.json", e))?;
             let tok =
                 Tokenizer::from_bytes(json).map_err(|e| tok_error(files, "tokenizer.json", e))?;
             (tok, "tokenizer.json")
@@ -175,6 +172,32 @@ impl ClipTokenizer {
             eos_index,
             truncated,
         })
+    }
+}
+
+/// What `tokenizers` 0.22 would panic on instead of failing (found by fuzzing, each kept in
+/// tests/fuzz/findings/tokenizer_json): a `decoder` whose text is not valid JSON (a syntax
+/// error, a byte that is not UTF-8 inside a string: it `expect`s while reading it), and a
+/// `Precompiled` normalizer that does not deserialize (it `expect`s there too). Parsing the
+/// whole file as a `Value` checks the text exactly as its decoder reader does; `Precompiled`
+/// (SentencePiece's normalizer) belongs to no tokenizer Tastebud's models use, so it is refused.
+fn check_tokenizer_json(json: &[u8]) -> std::result::Result<(), String> {
+    let value: Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    fn has_precompiled(v: &Value) -> bool {
+        match v {
+            Value::Object(map) => {
+                map.get("type").and_then(Value::as_str) == Some("Precompiled")
+                    || map.values().any(has_precompiled)
+            }
+            Value::Array(items) => items.iter().any(has_precompiled),
+            _ => false,
+        }
+    }
+    match value.get("normalizer") {
+        Some(n) if has_precompiled(n) => Err("its normalizer is SentencePiece's `Precompiled`, \
+             which no tokenizer of Tastebud's models uses (CLIP's byte-level BPE is expected)"
+            .into()),
+        _ => Ok(()),
     }
 }
 

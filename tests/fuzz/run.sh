@@ -5,7 +5,8 @@
 # its committed corpus plus what earlier runs found (work/, not committed), with a 2 GiB RSS
 # limit, a 10 s per-input timeout and the 1 GiB heap budget of budget.rs. Crashes land in
 # artifacts/TARGET/; each is fixed and kept in findings/TARGET/ as a regression input.
-# Statistics (executions, coverage, features) go to stats.tsv and logs/.
+# Statistics (seconds actually run: a crash or Ctrl-C ends a run early; executions, coverage,
+# features) go to stats.tsv and logs/.
 #
 # FUZZ_SANITIZER picks the build: `none` (default: Tastebud's loaders are safe Rust, and
 # without AddressSanitizer a run makes 2-3x the executions; overflows, panics, hangs and
@@ -32,6 +33,7 @@ for t in "${targets[@]}"; do
   log="logs/$t.log"
   touch "logs/$t.start" # crashes are counted from this run only
   status=0
+  started=$SECONDS
   cargo +nightly fuzz run --fuzz-dir . --sanitizer "$sanitizer" "$t" "work/$t" "corpus/$t" -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -max_len=1048576 \
     -print_final_stats=1 -artifact_prefix="artifacts/$t/" > "$log" 2>&1 || status=$?
@@ -40,7 +42,7 @@ for t in "${targets[@]}"; do
   ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   corpus=$(find "work/$t" -type f | wc -l)
   crashes=$(find "artifacts/$t" -type f -newer "logs/$t.start" | wc -l)
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%F)" "$t" "$sanitizer" "$seconds" "${execs:-0}" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%F)" "$t" "$sanitizer" "$((SECONDS - started))" "${execs:-0}" \
     "${cov:-0}" "${ft:-0}" "$corpus" "$crashes" | tee -a stats.tsv
   [ "$status" -eq 0 ] || echo "$t: the fuzzer stopped with status $status (see $log and artifacts/$t/)"
 done

@@ -2,6 +2,10 @@
 `tastebud bench` / `tastebud optimize` there, with peak GPU memory.
 
     python tests/gpu/torch_cuda.py --snapshot DIR --clip DIR --size 512 --out results.json
+    python tests/gpu/torch_cuda.py --snapshot DIR --parity NOISE.npy PICTURE.png [--device cpu]
+
+With --parity: saves a seeded unit-Gaussian noise and the picture diffusers' pipeline draws from
+it (fp32, TF32 off: the reference `tastebud generate --noise` is compared with), then exits.
 
 For fp32 and fp16: one-step generation timed by stage (text, UNet step, VAE decode; median of 3
 after a warm-up, CUDA-synchronised), and ReNO iterations (reno_bench.py's loop: SGD-Nesterov
@@ -16,8 +20,10 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTokenizer
 
@@ -96,14 +102,34 @@ def reno(pipe, clip, tok, size, iterations, dtype):
     return {"per_iteration_ms": per, "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20}
 
 
+def parity(snapshot, size, noise_path, image_path, device):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    pipe = StableDiffusionPipeline.from_pretrained(snapshot, torch_dtype=torch.float32).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    noise = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
+    np.save(noise_path, noise.numpy())
+    with torch.no_grad():
+        out = pipe(PROMPT, height=size, width=size, num_inference_steps=1, guidance_scale=0.0,
+                   latents=noise.to(device), output_type="np").images
+    Image.fromarray((out[0] * 255).round().astype(np.uint8)).save(image_path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--snapshot", required=True)
-    ap.add_argument("--clip", required=True)
+    ap.add_argument("--clip")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out")
+    ap.add_argument("--parity", nargs=2, metavar=("NOISE", "PICTURE"))
+    ap.add_argument("--device", default="cuda")
     args = ap.parse_args()
+    if args.parity:
+        parity(args.snapshot, args.size, *args.parity, args.device)
+        return
+    if not (args.clip and args.out):
+        sys.exit("torch_cuda.py: --clip and --out are needed for the timings")
     if not torch.cuda.is_available():
         sys.exit("torch_cuda.py: no CUDA device")
     results = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name()}

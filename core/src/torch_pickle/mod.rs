@@ -50,11 +50,25 @@ pub fn to_safetensors(file: &str, tensors: &BTreeMap<String, RawTensor>) -> Resu
     let views = tensors
         .iter()
         .map(|(name, t)| {
+            // `TensorView::new` multiplies the dimensions in order, unchecked: a shape with no
+            // elements but huge dimensions (`[2^40, 2^40, 0]`, which GGUF can declare) would
+            // overflow there (found by fuzzing, tests/fuzz/findings/gguf).
+            let bits = t
+                .shape
+                .iter()
+                .try_fold(t.dtype.bitsize(), |n, &d| n.checked_mul(d));
+            if bits.is_none() {
+                let shape = &t.shape;
+                return Err(corrupt(
+                    file,
+                    format!("tensor `{name}`: shape {shape:?} overflows"),
+                ));
+            }
             safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
                 .map(|v| (name.clone(), v))
+                .map_err(|e| corrupt(file, format!("cannot re-serialise tensors: {e}")))
         })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| corrupt(file, format!("cannot re-serialise tensors: {e}")))?;
+        .collect::<Result<Vec<_>>>()?;
     safetensors::serialize(views, None).map_err(|e| corrupt(file, e.to_string()))
 }
 
