@@ -2,7 +2,7 @@
 # The real-GPU check (about 8 minutes on an H200, the fused build's warm-ups included): run on
 # a bare Linux machine with an NVIDIA GPU,
 # PyTorch and no network, in a copy of the repository that carries .gpu/ (made by
-# tests/gpu/prepare.sh). It
+# tests/gpu/prepare.sh, whose header gives the call: tests/fixtures stay behind). It
 #   1. builds the SD-Turbo-architecture snapshot (random weights) and a CLIP-H-sized reward there,
 #   2. checks parity on the GPU: one noise through diffusers on CUDA (fp32, TF32 off) and
 #      through `tastebud generate` on the GPU (f32, f16) and on the CPU, pictures compared,

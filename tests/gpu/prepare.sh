@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Packs what tests/gpu/check.sh needs on a bare GPU machine without network into .gpu/ (ignored
 # by git): stripped release builds of `tastebud` (plain, and with burn's kernel fusion), the
-# Vulkan loader package, and the diffusers wheel (the device image has PyTorch and
-# transformers, no diffusers). Run it here, where crates.io, Debian and PyPI are reachable.
+# Vulkan loader package, and the wheels the device image lacks (it has PyTorch and
+# transformers; not diffusers or open_clip). Run it here, where crates.io, Debian and PyPI are reachable.
 #
 # What travels to the device machine (tracked files + .gpu) is capped at 64 MiB and the tracked
 # tree alone is over that (tests/fixtures is ~53 MB). check.sh needs no fixtures: its parity
@@ -35,10 +35,11 @@ mkdir -p /tmp/amd64/partial
 apt-get $o update -qq
 (cd .gpu/gl && apt-get $o download libvulkan1 >/dev/null)
 
-# diffusers and the one requirement the image lacks, for the device's Python 3.12.
+# What the device's Python 3.12 lacks: diffusers (+ importlib_metadata), and open_clip (+ ftfy,
+# wcwidth) for CLIP's BPE vocabulary, which the snapshot builders take from tests/reference.
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux2014_x86_64 -d .gpu/whl "diffusers==$("$PYTHON" -c 'import diffusers; print(diffusers.__version__)')" \
-  importlib_metadata
+  importlib_metadata open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4
 
 # What will travel: every tracked file but the fixtures, plus .gpu (MiB; 64 at most).
 tracked=$(git ls-files -z -- . ':!tests/fixtures' | du -cb --files0-from=- | tail -1 | cut -f1)
