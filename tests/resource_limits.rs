@@ -128,11 +128,13 @@ fn model_files_never_come_from_paths_a_file_names() {
     assert!(err.to_string().contains("../../secret"), "{err}");
 }
 
+/// A fuzz finding kept as a regression input (tests/fuzz/findings/TARGET/NAME).
+fn finding(target: &str, name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join("../fuzz/findings").join(target).join(name)).unwrap()
+}
+
 #[test]
 fn fuzz_findings_are_refused_by_name() {
-    let finding = |target: &str, name: &str| {
-        std::fs::read(fixtures().join("../fuzz/findings").join(target).join(name)).unwrap()
-    };
     // A .npy shape whose element count overflows (it wrapped to the data's length before).
     let bytes = finding("noise", "shape-product-overflow.npy");
     let err = tastebud_core::noise::Noise::from_bytes("noise.npy", &bytes).unwrap_err();
@@ -174,7 +176,7 @@ fn fuzz_findings_are_refused_by_name() {
 fn tokenizer_json_that_tokenizers_would_panic_on_is_an_error() {
     // tokenizers 0.22 `expect`s while reading a `decoder` (a syntax error, a string that is not
     // UTF-8) and a `Precompiled` normalizer; each is refused before it sees the file.
-    for (finding, why) in [
+    for (name, why) in [
         (
             "decoder-syntax-error-panics-in-tokenizers",
             "key must be a string",
@@ -185,17 +187,11 @@ fn tokenizer_json_that_tokenizers_would_panic_on_is_an_error() {
         ),
         ("precompiled-normalizer-panics-in-tokenizers", "Precompiled"),
     ] {
-        let bytes = std::fs::read(
-            fixtures()
-                .join("../fuzz/findings/tokenizer_json")
-                .join(finding),
-        )
-        .unwrap();
         let mut files = ModelFiles::new("tok");
-        files.insert("tokenizer.json", bytes);
+        files.insert("tokenizer.json", finding("tokenizer_json", name));
         let err = ClipTokenizer::from_files(&files).err().unwrap().to_string();
-        assert!(err.contains("tok/tokenizer.json"), "{finding}: {err}");
-        assert!(err.contains(why), "{finding}: {err}");
+        assert!(err.contains("tok/tokenizer.json"), "{name}: {err}");
+        assert!(err.contains(why), "{name}: {err}");
     }
 }
 
