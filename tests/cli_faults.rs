@@ -61,8 +61,16 @@ fn kill_at_every_moment(args: &[&str], target: &Path, old: &[u8], signal: &str) 
     let new = std::fs::read(target).unwrap();
     assert_ne!(new, old, "the run changes {}", target.display());
     let tries = 16;
-    let mut saw_old = 0;
-    for k in 0..tries {
+    // Moments spread over the measured run, the last ones past its end; then, should every
+    // kill so far have landed before the write (a run slowed down by the other tests running
+    // beside it), moments twice, four times ... as late, so a kill also lands after it.
+    let spread = (0..tries).map(|k| full.mul_f64(k as f64 / (tries - 2) as f64));
+    let later = (1..=5).map(|j| full * (1u32 << j));
+    let (mut saw_old, mut saw_new) = (0, 0);
+    for (k, moment) in spread.chain(later).enumerate() {
+        if k >= tries && saw_new > 0 {
+            break;
+        }
         std::fs::write(target, old).unwrap();
         let mut command = Command::new(bin());
         command
@@ -79,8 +87,7 @@ fn kill_at_every_moment(args: &[&str], target: &Path, old: &[u8], signal: &str) 
             });
         }
         let mut child = command.spawn().unwrap();
-        // The last tries land near the end, where the write is.
-        std::thread::sleep(full.mul_f64(k as f64 / (tries - 2) as f64));
+        std::thread::sleep(moment);
         let _ = Command::new("kill")
             .args([signal, &child.id().to_string()])
             .status();
@@ -88,20 +95,21 @@ fn kill_at_every_moment(args: &[&str], target: &Path, old: &[u8], signal: &str) 
         let now = std::fs::read(target).unwrap();
         assert!(
             now == old || now == new,
-            "{}: killed ({signal}) after {:?}, {} bytes are neither the old file ({} bytes) \
-             nor the finished one ({} bytes)",
+            "{}: killed ({signal}) after {moment:?}, {} bytes are neither the old file ({} \
+             bytes) nor the finished one ({} bytes)",
             target.display(),
-            full.mul_f64(k as f64 / (tries - 2) as f64),
             now.len(),
             old.len(),
             new.len()
         );
         saw_old += usize::from(now == old);
+        saw_new += usize::from(now == new);
     }
     // Both outcomes were met: the kills did land before and after the write.
     assert!(
-        saw_old > 0 && saw_old < tries,
-        "{saw_old} of {tries} kills kept the old file"
+        saw_old > 0 && saw_new > 0,
+        "{saw_old} kills kept the old file, {saw_new} found the finished one (the run took \
+         {full:?} alone)"
     );
 }
 
