@@ -657,7 +657,14 @@ fn optimize_follows_the_reference_loop_and_saves_its_best() {
         "--noise",
         &noise_arg,
     ]);
-    assert_eq!(png_pixels(&out_path), again);
+    // Within one level, not equal: `optimize` redraws its best on the autodiff device (burn's
+    // convolution) and `generate` on plain flex (models/cpu_conv.rs), whose sums round apart.
+    let saved = png_pixels(&out_path);
+    assert_eq!(saved.len(), again.len());
+    assert!(
+        max_pixel_diff(&saved, &again) <= 1,
+        "saved picture vs generate --noise"
+    );
 }
 
 #[test]

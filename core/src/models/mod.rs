@@ -3,6 +3,8 @@
 pub mod bert;
 pub mod blip_vit;
 pub mod clip;
+#[cfg(not(target_arch = "wasm32"))]
+mod cpu_conv;
 mod cpu_fused;
 pub mod dinov2;
 pub(crate) mod layers;

@@ -174,8 +174,15 @@ impl Conv2d {
             [3, 3] => "conv2d 3x3",
             _ => "conv2d other",
         };
+        let bias = self.bias.as_ref().map(|b| b.val());
         scope(kind, &x.device(), || {
-            conv2d(x, weight, self.bias.as_ref().map(|b| b.val()), options)
+            #[cfg(not(target_arch = "wasm32"))]
+            if let Some(y) =
+                super::cpu_conv::conv2d(&x, &weight, bias.as_ref(), self.stride, self.padding)
+            {
+                return y;
+            }
+            conv2d(x, weight, bias, options)
         })
     }
 }
