@@ -8,47 +8,18 @@
 //! in, so the weight is read in place, and gemm writes each output tile straight into the NCHW
 //! result. Tiles of output rows run in parallel.
 //!
-//! Like `cpu_fused`, this runs only for f32 tensors on flex, natively, never on an autodiff
-//! device; the caller runs burn's `conv2d` otherwise (and for 1x1 kernels, which flex already
+//! It runs only where `cpu_gemm::applies` (f32 on flex, natively, never on an autodiff
+//! device); the caller runs burn's `conv2d` otherwise (and for 1x1 kernels, which flex already
 //! runs as one product).
 
-use burn::backend::Flex;
-use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
+
+use super::cpu_gemm::{Out, Values, applies, product, rows as row_major};
 
 /// Output positions per tile (whole rows): large enough for gemm to run near its peak, small
 /// enough that a tile's patches (`in * kh * kw` rows of it) stay a few MB.
 const TILE: usize = 512;
-
-/// The tensor's f32 values in row-major order, borrowed from flex's storage (no copy when it is
-/// already contiguous, which activations and loaded weights are).
-struct Values(FlexTensor);
-
-impl Values {
-    fn of<const D: usize>(x: &Tensor<D>) -> Option<Self> {
-        let t = x.clone().try_into_primitive::<Flex>().ok()?;
-        Some(Self(if t.is_contiguous() {
-            t
-        } else {
-            t.to_contiguous()
-        }))
-    }
-
-    fn slice(&self) -> &[f32] {
-        let layout = self.0.layout();
-        let start = layout.start_offset();
-        &self.0.storage::<f32>()[start..start + layout.num_elements()]
-    }
-}
-
-/// A destination gemm and the tile loops write to from several threads, each to its own
-/// columns of each output row.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: every task writes a disjoint set of positions (its own tile of every output row).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
 
 /// `x` `[batch, in, h, w]` convolved with `weight` `[out, in, kh, kw]` (+ `bias` `[out]`),
 /// zero padding `padding` on each side, `stride`; `None` where this kernel does not apply
@@ -61,14 +32,7 @@ pub(crate) fn conv2d(
     padding: [usize; 2],
 ) -> Option<Tensor<4>> {
     let device = x.device();
-    let is_f32 = |dtype: DType| dtype == DType::F32;
-    if cfg!(target_arch = "wasm32")
-        || device.is_autodiff()
-        || device != Device::flex()
-        || !is_f32(x.dtype())
-        || !is_f32(weight.dtype())
-        || bias.is_some_and(|b| !is_f32(b.dtype()))
-    {
+    if !applies(x) || !applies(weight) || bias.is_some_and(|b| !applies(b)) {
         return None;
     }
     let [batch, cin, h, w] = x.dims();
@@ -113,7 +77,7 @@ pub(crate) fn conv2d(
     } else {
         gemm::Parallelism::Rayon(0)
     };
-    let dst = Out(out.as_mut_ptr());
+    let dst = Out::new(&mut out);
     let geometry = Geometry {
         cin,
         h,
@@ -132,30 +96,17 @@ pub(crate) fn conv2d(
         let n = (oy1 - oy0) * ow;
         let mut col = vec![0f32; k * n];
         geometry.patches(&xs[b * cin * h * w..][..cin * h * w], oy0..oy1, &mut col);
-        let dst = dst;
         // SAFETY: `col` is `[k, n]`, the weight `[cout, k]`, both row-major and in bounds;
         // the destination is columns `oy0 * ow .. oy1 * ow` of this batch item's
         // `[cout, plane]` output, which no other task writes.
         unsafe {
-            gemm::gemm(
-                cout,
-                n,
-                k,
-                dst.0.add(b * cout * plane + oy0 * ow),
-                1,
-                plane as isize,
+            product(
+                [cout, n, k],
+                row_major(dst.at(b * cout * plane + oy0 * ow), plane),
                 bias.is_some(),
-                ws.as_ptr(),
-                1,
-                k as isize,
-                col.as_ptr(),
-                1,
-                n as isize,
+                row_major(ws.as_ptr(), k),
+                row_major(col.as_ptr(), n),
                 1.0,
-                1.0,
-                false,
-                false,
-                false,
                 parallelism,
             );
         }
@@ -228,9 +179,9 @@ impl Geometry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Distribution;
     use burn::tensor::module;
     use burn::tensor::ops::ConvOptions;
+    use burn::tensor::{Device, Distribution};
 
     fn random<const D: usize>(dims: [usize; D]) -> Tensor<D> {
         Tensor::random(dims, Distribution::Normal(0.0, 1.0), &Device::flex())

@@ -53,7 +53,7 @@ fn param(p: &Option<burn::module::Param<Tensor<1>>>) -> Option<Vec<f32>> {
 /// r^7/7! < 2e-7 relative), 2^n built in the exponent bits. Rounding uses the 1.5 * 2^23 trick,
 /// which needs no rounding instruction.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
     let t = x * std::f32::consts::LOG2_E + MAGIC;

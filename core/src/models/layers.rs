@@ -107,10 +107,16 @@ const MAX_SCORES: usize = 1 << 24;
 /// - q: `[batch, queries, heads * d]`, k and v: `[batch, keys, heads * d]`; output like q.
 pub(crate) fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
     let device = q.device();
-    scope("attention", &device, || attention_heads(q, k, v, heads))
+    scope("attention", &device, || {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(out) = super::cpu_attention::attention(&q, &k, &v, heads) {
+            return out;
+        }
+        attention_heads(q, k, v, heads)
+    })
 }
 
-fn attention_heads(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
+pub(super) fn attention_heads(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
     let [b, n, inner] = q.dims();
     let m = k.dims()[1];
     let d = inner / heads;

@@ -4,8 +4,14 @@ pub mod bert;
 pub mod blip_vit;
 pub mod clip;
 #[cfg(not(target_arch = "wasm32"))]
+mod cpu_attention;
+#[cfg(not(target_arch = "wasm32"))]
 mod cpu_conv;
 mod cpu_fused;
+#[cfg(not(target_arch = "wasm32"))]
+mod cpu_gemm;
+#[cfg(not(target_arch = "wasm32"))]
+mod cpu_linear;
 pub mod dinov2;
 pub(crate) mod layers;
 pub mod packed;
