@@ -15,7 +15,9 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::cpu_fused::exp;
-use super::cpu_gemm::{Out, Strided, Values, applies, product, rows as row_major};
+use super::cpu_gemm::{
+    Out, Strided, Values, applies, per_task_parallelism, product, rows as row_major,
+};
 
 /// Scores computed at once per task, in elements (4 MiB of f32: stays in a core's cache level
 /// that matters while the softmax and the second product read it).
@@ -52,11 +54,7 @@ pub(crate) fn attention(
     let rows = (BLOCK_SCORES / m).clamp(1, n.max(1));
     let blocks = n.div_ceil(rows);
     let tasks = b * heads * blocks;
-    let parallelism = if tasks >= 2 * rayon::current_num_threads() {
-        gemm::Parallelism::None
-    } else {
-        gemm::Parallelism::Rayon(0)
-    };
+    let parallelism = per_task_parallelism(tasks);
     let mut out = vec![0f32; b * n * inner];
     let dst = Out::new(&mut out);
     (0..tasks).into_par_iter().for_each(|task| {

@@ -15,7 +15,7 @@
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::cpu_gemm::{Out, Values, applies, product, rows as row_major};
+use super::cpu_gemm::{Out, Values, applies, per_task_parallelism, product, rows as row_major};
 
 /// Output positions per tile (whole rows): large enough for gemm to run near its peak, small
 /// enough that a tile's patches (`in * kh * kw` rows of it) stay a few MB.
@@ -71,12 +71,7 @@ pub(crate) fn conv2d(
     let rows = (TILE / ow.max(1)).clamp(1, oh.max(1));
     let tiles = oh.div_ceil(rows);
     let tasks = batch * tiles;
-    // Few tiles (small latents): let gemm split each product over the cores instead.
-    let parallelism = if tasks >= 2 * rayon::current_num_threads() {
-        gemm::Parallelism::None
-    } else {
-        gemm::Parallelism::Rayon(0)
-    };
+    let parallelism = per_task_parallelism(tasks);
     let dst = Out::new(&mut out);
     let geometry = Geometry {
         cin,

@@ -58,6 +58,17 @@ impl Out {
     }
 }
 
+/// gemm's own threading for each of `tasks` products run in parallel: none when there are
+/// enough tasks to keep every core busy, else gemm splits each product over the cores (few
+/// tiles, as at small latents).
+pub(super) fn per_task_parallelism(tasks: usize) -> gemm::Parallelism {
+    if tasks >= 2 * rayon::current_num_threads() {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(0)
+    }
+}
+
 /// A matrix operand in memory: its first element and the steps to the next row and column.
 #[derive(Clone, Copy)]
 pub(super) struct Strided<T> {
