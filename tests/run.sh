@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test Tastebud has, from a fresh machine: installs what is missing, then runs
-# formatting, lints, the Rust tests (flex CPU and wgpu on lavapipe), the wasm build and the
-# browser tests (headless Chromium: WebGPU on SwiftShader and the CPU fallback).
+# formatting, lints, the Rust tests (flex CPU and wgpu on lavapipe), the wasm build (trunk) and
+# the browser tests (headless Chromium: WebGPU on SwiftShader and the CPU fallback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +29,12 @@ if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $WASM_BINDGEN_VERS
   # Not --locked: its lock file pins a crate version the registry lacks.
   cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
 fi
+# Trunk builds the demo site and the JS package (web/build.sh). 0.21.14: newer needs rustc
+# 1.96. Without default features (no TLS, no update check: nothing is downloaded) and
+# unoptimised, it builds in ~2.5 minutes instead of ~17 (fat LTO); it only orchestrates.
+if [ "$(trunk --version 2>/dev/null)" != "trunk 0.21.14" ]; then
+  cargo install --locked trunk --version 0.21.14 --no-default-features --debug
+fi
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 step "format"
@@ -40,7 +46,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "rust tests (flex and wgpu/lavapipe)"
 cargo test --workspace
 
-step "wasm build"
+step "wasm build (trunk build: dist/ and web/pkg)"
 web/build.sh
 
 step "browser tests (headless Chromium)"

@@ -67,7 +67,7 @@ try {
       ? ['head.json', 'head.safetensors'].map((f) => Array.from(fs.readFileSync(path.join(bases[name], f))))
       : null;
     const web = await page.evaluate(async ({ store, kind, baseFiles, runs }) => {
-      const { default: init, Head } = await import('/web/pkg/tastebud_web.js');
+      const { default: init, Head } = await import('/web/pkg/tastebud-web.js');
       await init();
       const bytes = new TextEncoder().encode(JSON.stringify(store));
       const times = [];

@@ -23,7 +23,7 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const mb = (n) => (n / 1e6).toFixed(1);
 
 // Sizes of what a visitor downloads.
-const wasm = fs.readFileSync(path.join(root, 'web/pkg/tastebud_web_bg.wasm'));
+const wasm = fs.readFileSync(path.join(root, 'web/pkg/tastebud-web_bg.wasm'));
 const sizes = {
   raw: wasm.length,
   gzip: zlib.gzipSync(wasm, { level: 9 }).length,

@@ -22,7 +22,7 @@ async function inPage(fn, arg) {
 
 test('f16 on an adapter without shader-f16 is refused, naming the feature', async () => {
   const message = await inPage(async () => {
-    const { default: init, Tastebud } = await import('/web/pkg/tastebud_web.js');
+    const { default: init, Tastebud } = await import('/web/pkg/tastebud-web.js');
     await init();
     try {
       await Tastebud.create('gpu', 'f16');
@@ -38,7 +38,7 @@ test('f16 on an adapter without shader-f16 is refused, naming the feature', asyn
 
 test('ReNO on the CPU fallback in f16 follows the f32 reference closely', async () => {
   const got = await inPage(async () => {
-    const { default: init, Tastebud } = await import('/web/pkg/tastebud_web.js');
+    const { default: init, Tastebud } = await import('/web/pkg/tastebud-web.js');
     await init();
     const { loadPipeline, stageFirst } = await import('/tests/browser/page.mjs');
     const tb = await Tastebud.create('cpu', 'f16');

@@ -15,7 +15,7 @@ async function generate(device, caseInfo) {
   const { page, logs } = await blankPage(ctx);
   try {
     return await page.evaluate(async ({ device, c }) => {
-      const { default: init, Tastebud } = await import('/web/pkg/tastebud_web.js');
+      const { default: init, Tastebud } = await import('/web/pkg/tastebud-web.js');
       await init();
       const { loadPipeline } = await import('/tests/browser/page.mjs');
       const tb = await Tastebud.create(device);

@@ -43,7 +43,7 @@ export function useBrowser({ needsCli = false } = {}) {
       const bin = process.env.TASTEBUD_BIN;
       assert.ok(bin && fs.existsSync(bin), 'set TASTEBUD_BIN to the native tastebud binary');
     }
-    assert.ok(fs.existsSync(path.join(root, 'web/pkg/tastebud_web.js')), 'build web/pkg first (web/build.sh)');
+    assert.ok(fs.existsSync(path.join(root, 'web/pkg/tastebud-web.js')), 'build web/pkg first (web/build.sh)');
     Object.assign(ctx, await startBrowser());
   });
   after(async () => {

@@ -1,4 +1,4 @@
-// The demo as a hosted site (dist/, assembled by web/build.sh) works offline after the first
+// The demo as a hosted site (dist/, built by trunk through web/build.sh) works offline after the first
 // visit: the service worker serves the page and the package, the package serves the model from
 // its cache, and the second visit draws the same picture with the server gone.
 //
@@ -13,6 +13,9 @@ const dist = path.join(root, 'dist');
 
 test('the hosted demo draws offline on the second visit', { timeout: 600_000 }, async () => {
   assert.ok(fs.existsSync(path.join(dist, 'sw.js')), 'build dist/ first (web/build.sh)');
+  // The site is trunk's output: its asset links resolved, the engine beside the package.
+  assert.doesNotMatch(fs.readFileSync(path.join(dist, 'index.html'), 'utf8'), /<link data-trunk/);
+  assert.ok(fs.existsSync(path.join(dist, 'web/pkg/tastebud-web_bg.wasm')));
   const ctx = await startBrowser(dist);
   const context = await ctx.browser.newContext();
   const drawn = async (page) => {

@@ -55,7 +55,7 @@ test('the packed package works from a plain page and draws the native CLI\'s pic
     assert.equal(manifest.name, 'tastebud');
     assert.equal(manifest.type, 'module');
     for (const file of [manifest.exports['.'].default, manifest.exports['.'].types, 'worker.js', 'comlink.mjs',
-      'tastebud_web_bg.wasm', 'models/shapes/manifest.json']) {
+      'tastebud-web_bg.wasm', 'models/shapes/manifest.json']) {
       assert.ok(fs.existsSync(path.join(installed, file)), `the tarball lacks ${file}`);
     }
     const types = fs.readFileSync(path.join(installed, 'tastebud.d.ts'), 'utf8');

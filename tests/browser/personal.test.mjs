@@ -56,7 +56,7 @@ for (const [kind, onPrior] of [['linear', false], ['mlp', false], ['linear', tru
     let got;
     try {
       got = await page.evaluate(async ({ store, kind, candidates, baseFiles }) => {
-        const { default: init, Head } = await import('/web/pkg/tastebud_web.js');
+        const { default: init, Head } = await import('/web/pkg/tastebud-web.js');
         await init();
         const bytes = new TextEncoder().encode(JSON.stringify(store));
         const prior = baseFiles && Head.load(new Uint8Array(baseFiles[0]), new Uint8Array(baseFiles[1]));

@@ -28,7 +28,7 @@ async function optimizeInBrowser(device, stopAfter) {
   const { page, logs } = await blankPage(ctx);
   try {
     return await page.evaluate(async ({ device, rewards, prompt, iterations, gradClip, stopAfter }) => {
-      const { default: init, Tastebud } = await import('/web/pkg/tastebud_web.js');
+      const { default: init, Tastebud } = await import('/web/pkg/tastebud-web.js');
       await init();
       const { loadPipeline, stageFirst } = await import('/tests/browser/page.mjs');
       const tb = await Tastebud.create(device);

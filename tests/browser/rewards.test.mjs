@@ -37,7 +37,7 @@ async function scoreInBrowser(device) {
   const { page, logs } = await blankPage(ctx);
   try {
     const out = await page.evaluate(async ({ device, rewards, images, prompt }) => {
-      const { default: init, Tastebud } = await import('/web/pkg/tastebud_web.js');
+      const { default: init, Tastebud } = await import('/web/pkg/tastebud-web.js');
       await init();
       const tb = await Tastebud.create(device);
       const { stageFirst } = await import('/tests/browser/page.mjs');

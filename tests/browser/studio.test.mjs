@@ -256,7 +256,7 @@ test('models are verified and cached; damaged copies are refused', { timeout: 60
     // A full cache (quota exceeded) loses nothing: the model loads and draws, and says so.
     const quota = await page.evaluate(async () => {
       await caches.delete('tastebud-models-v1');
-      const { default: init, Tastebud: Engine } = await import('/web/pkg/tastebud_web.js');
+      const { default: init, Tastebud: Engine } = await import('/web/pkg/tastebud-web.js');
       await init();
       const put = Cache.prototype.put;
       Cache.prototype.put = () => Promise.reject(new DOMException('The quota has been exceeded.', 'QuotaExceededError'));

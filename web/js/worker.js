@@ -3,7 +3,7 @@
 // (the wasm objects are not re-entrant); `stop` jumps the queue, and ReNO yields to this
 // worker's event loop after every iteration so that it is seen.
 import * as Comlink from './comlink.mjs';
-import init, { Head, Tastebud as Engine, merge_preferences } from './tastebud_web.js';
+import init, { Head, Tastebud as Engine, merge_preferences } from './tastebud-web.js';
 
 let engine = null;
 let head = null; // the visitor's fitted taste
