@@ -1,5 +1,5 @@
 //! What the CPU product kernels (`cpu_conv`, `cpu_linear`, `cpu_attention`) share: where they
-//! apply, tensor values borrowed from flex's storage, an output several threads write parts
+//! apply (plain, or as differentiable ops under autodiff), tensor values borrowed from flex's storage, an output several threads write parts
 //! of, and one gemm call described by strides.
 //!
 //! gemm is the crate flex itself calls; its `x86-v4` feature (core's Cargo.toml) adds AVX-512
@@ -19,25 +19,46 @@ pub(super) fn applies<const D: usize>(x: &Tensor<D>) -> bool {
         && device == Device::flex()
 }
 
+/// Where the kernels run as their own differentiable ops (custom backward steps): f32 on flex
+/// under autodiff, natively.
+pub(super) fn applies_autodiff<const D: usize>(x: &Tensor<D>) -> bool {
+    let device = x.device();
+    !cfg!(target_arch = "wasm32")
+        && x.dtype() == DType::F32
+        && device.is_autodiff()
+        && device.without_autodiff() == Device::flex()
+}
+
 /// The tensor's f32 values in row-major order, borrowed from flex's storage (no copy when it is
 /// already contiguous, which activations and loaded weights are).
 pub(super) struct Values(FlexTensor);
 
 impl Values {
     pub(super) fn of<const D: usize>(x: &Tensor<D>) -> Option<Self> {
-        let t = x.clone().try_into_primitive::<Flex>().ok()?;
-        Some(Self(if t.is_contiguous() {
-            t
-        } else {
-            t.to_contiguous()
-        }))
+        Some(Self(contiguous(
+            &x.clone().try_into_primitive::<Flex>().ok()?,
+        )))
     }
 
     pub(super) fn slice(&self) -> &[f32] {
-        let layout = self.0.layout();
-        let start = layout.start_offset();
-        &self.0.storage::<f32>()[start..start + layout.num_elements()]
+        values(&self.0)
     }
+}
+
+/// The tensor itself when contiguous (a shared handle, no copy), else a contiguous copy.
+pub(super) fn contiguous(t: &FlexTensor) -> FlexTensor {
+    if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// A contiguous f32 flex tensor's values.
+pub(super) fn values(t: &FlexTensor) -> &[f32] {
+    let layout = t.layout();
+    let start = layout.start_offset();
+    &t.storage::<f32>()[start..start + layout.num_elements()]
 }
 
 /// An output buffer that parallel tasks write, each to its own positions.
