@@ -1,6 +1,6 @@
 //! What the CPU product kernels (`cpu_conv`, `cpu_linear`, `cpu_attention`) share: where they
-//! apply (plain, or as differentiable ops under autodiff), tensor values borrowed from flex's storage, an output several threads write parts
-//! of, and one gemm call described by strides.
+//! apply (plain, or as differentiable ops under autodiff), tensor values borrowed from flex's
+//! storage, an output several threads write parts of, and one gemm call described by strides.
 //!
 //! gemm is the crate flex itself calls; its `x86-v4` feature (core's Cargo.toml) adds AVX-512
 //! micro-kernels chosen at run time.
