@@ -257,23 +257,38 @@ fn a_vpl_base_picks_the_next_pair() {
     assert!(out.status.success(), "{}", stderr(&out));
     // A linear prior from the same population; a person's linear head on it, which the answers
     // move and which still asks by its posterior.
+    // (`--prior auto` with too few people to hold a fifth out: one by one.)
+    let pretrain = |method: &str, out: &str| {
+        tastebud(&[
+            "personalize",
+            "pretrain",
+            "--prefs",
+            &everyone,
+            "--head",
+            "linear",
+            "--rank",
+            "1",
+            "--prior",
+            method,
+            "--out",
+            out,
+        ])
+    };
     let prior = s(&dir.join("prior"));
-    let out = ok(&[
-        "personalize",
-        "pretrain",
-        "--prefs",
-        &everyone,
-        "--head",
-        "linear",
-        "--rank",
-        "1",
-        "--out",
-        &prior,
-    ]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("linear base"));
+    let out = pretrain("auto", &prior);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("linear base (prior of rank 1)"));
     let config: Value =
         serde_json::from_slice(&std::fs::read(dir.join("prior/head.json")).unwrap()).unwrap();
     assert_eq!(config["rank"], 1);
+    // The joint fit asked for by name moves the mean away from the one-by-one prior's; an
+    // unknown method is named.
+    let joint = s(&dir.join("joint"));
+    assert!(pretrain("joint", &joint).status.success());
+    let weights = |dir: &str| std::fs::read(Path::new(dir).join("head.safetensors")).unwrap();
+    assert_ne!(weights(&joint), weights(&prior));
+    let out = pretrain("pca", &s(&dir.join("pca")));
+    assert!(stderr(&out).contains("--prior"), "{}", stderr(&out));
     let on_prior = s(&dir.join("on-prior"));
     let out = fit(&mine, "linear", Some(&prior), &on_prior);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -435,16 +450,50 @@ fn bench_reports_every_head_on_simulated_people() {
         "--json",
     ]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let rows = report["rows"].as_array().unwrap();
     // 3 kinds of people x 5 heads x random/active x 5 answer counts.
-    assert_eq!(rows.len(), 150);
-    for r in rows {
-        let a = r["accuracy"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&a), "{r}");
-    }
+    assert_accuracies(&report, 150);
     for head in ["linear", "linear+prior", "mlp", "pal", "vpl"] {
         assert!(report["fit_100_pairs_ms"][head].as_f64().unwrap() > 0.0);
     }
+}
+
+/// A bench report has `rows` rows, each an accuracy in [0, 1].
+fn assert_accuracies(report: &Value, rows: usize) {
+    let all = report["rows"].as_array().unwrap();
+    assert_eq!(all.len(), rows);
+    for r in all {
+        let a = r["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&a), "{r}");
+    }
+}
+
+#[test]
+fn bench_prior_reports_every_head_and_the_chosen_rank() {
+    let out = ok(&[
+        "personalize",
+        "bench-prior",
+        "--users",
+        "1",
+        "--dimension",
+        "16",
+        "--attributes",
+        "8",
+        "--population",
+        "10",
+        "--pairs",
+        "12",
+        "--rank",
+        "2",
+        "--json",
+    ]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 5 heads x 5/20/50 answers.
+    assert_accuracies(&report, 15);
+    // Ten people leave too few to hold out a fifth of: the one-by-one prior at the rank asked.
+    assert_eq!(
+        (report["method"].as_str(), report["rank"].as_u64()),
+        (Some("heads"), Some(2))
+    );
 }
 
 #[test]

@@ -15,6 +15,8 @@ use tastebud_core::personal::fit::{
     FitConfig, HeadSettings, Pairs, PretrainConfig, fit_head, fit_linear, pretrain,
 };
 use tastebud_core::personal::heads::features;
+use tastebud_core::personal::prior::PriorMethod;
+use tastebud_core::personal::prior_bench::{PriorBenchConfig, prior_bench};
 use tastebud_core::personal::store::{Limits, PreferenceStore};
 use tastebud_core::personal::{HeadConfig, HeadKind, HeadModel, PersonalHead, unit_rows};
 use tastebud_core::{Error, ModelFiles};
@@ -80,6 +82,7 @@ fn pretrain_config() -> PretrainConfig {
         kl_weight: p["kl_weight"].as_f64().unwrap() as f32,
         rank: n("rank"),
         seed: p["seed"].as_u64().unwrap(),
+        prior: PriorMethod::Auto,
     }
 }
 
@@ -356,6 +359,53 @@ fn linear_laplace_bald_matches_torch() {
     );
 }
 
+/// The population prior recovers tastes a population shares: on people who each mix one or two
+/// of four hidden directions, the prior chosen on held-out people is the joint fit at the number
+/// of directions, and a new person's head on it after 20 random answers is close to an oracle
+/// that knows the directions, and well ahead of the prior taken from people's heads fitted one
+/// by one.
+#[test]
+fn population_prior_recovers_shared_tastes() {
+    let config = PriorBenchConfig {
+        dimension: 256,
+        attributes: 128,
+        tastes: 4,
+        population: 120,
+        population_pairs: 40,
+        users: 8,
+        answered: vec![20],
+        rank: 8,
+        ..PriorBenchConfig::default()
+    };
+    let report = block_on(prior_bench(&config, &device(), &mut |_| {})).unwrap();
+    let accuracy = |head: &str| {
+        report
+            .rows
+            .iter()
+            .find(|r| r.head == head)
+            .map(|r| r.accuracy)
+            .unwrap()
+    };
+    eprintln!("{report:?}");
+    assert_eq!(
+        (report.method, report.rank),
+        (PriorMethod::Joint, 4),
+        "{report:?}"
+    );
+    assert!(
+        accuracy("linear+prior") > accuracy("oracle") - 0.05,
+        "{report:?}"
+    );
+    assert!(
+        accuracy("linear+prior") > accuracy("linear+prior-one-by-one") + 0.02,
+        "{report:?}"
+    );
+    assert!(
+        accuracy("linear+prior") > accuracy("linear") + 0.1,
+        "{report:?}"
+    );
+}
+
 /// The population prior over linear heads (mean, principal directions, residual scale) and a
 /// person's MAP head under it, against PyTorch; with no answers, the population's taste.
 #[test]
@@ -400,6 +450,37 @@ fn linear_prior_and_person_fit_match_torch() {
         "base scores",
         &scores(&base, false),
         &reference("linear_prior.scores"),
+        1e-4,
+    );
+    // `--prior joint`: the mean and directions refitted on everyone's answers at once.
+    let joint = block_on(pretrain(
+        HeadKind::Linear,
+        &all,
+        &PretrainConfig {
+            prior: PriorMethod::Joint,
+            ..pretrain_config()
+        },
+        &device(),
+    ))
+    .unwrap();
+    let HeadModel::Linear(joint) = &joint.model else {
+        panic!("a linear base")
+    };
+    assert_close(
+        "joint prior mean",
+        &read(joint.linear.weight.val()),
+        &reference("linear_prior_joint.weight"),
+        1e-4,
+    );
+    let u = read(joint.prior.as_ref().expect("a prior").factors.val());
+    let outer: Vec<f32> = u
+        .iter()
+        .flat_map(|a| u.iter().map(move |b| a * b))
+        .collect();
+    assert_close(
+        "joint U U^T",
+        &outer,
+        &reference("linear_prior_joint.factors_outer"),
         1e-4,
     );
     let linear_settings = HeadSettings {

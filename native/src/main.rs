@@ -4,6 +4,7 @@ mod batch;
 mod generate;
 mod optimize;
 mod personalize;
+mod personalize_bench;
 mod quantize;
 mod score;
 mod shapes;

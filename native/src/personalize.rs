@@ -18,7 +18,7 @@ use tastebud_core::personal::active::choose_next;
 use tastebud_core::personal::fit::{
     FitConfig, HeadSettings, Pairs, PretrainConfig, fit_head, pretrain,
 };
-use tastebud_core::personal::simulate::{self, BenchConfig, World};
+use tastebud_core::personal::prior::PriorMethod;
 use tastebud_core::personal::store::{Candidate, Choice, Limits, Preference, PreferenceStore};
 use tastebud_core::personal::{HEAD_CONFIG, HEAD_WEIGHTS, HeadKind, PersonalHead};
 use tastebud_core::preprocess::decode_image;
@@ -28,6 +28,7 @@ use tastebud_core::rewards::{self, RewardKind};
 use tastebud_core::{ComputeDevice, ModelFiles};
 
 use crate::DeviceArgs;
+use crate::personalize_bench::{self, BenchArgs, BenchPriorArgs};
 use crate::write_atomic;
 
 #[derive(Subcommand)]
@@ -53,6 +54,8 @@ pub enum PersonalizeCommand {
     Rank(RankArgs),
     /// Heads on simulated people: held-out accuracy after 5/10/20/25/50 answers, random vs active.
     Bench(BenchArgs),
+    /// The population prior against an oracle that knows the population's hidden tastes.
+    BenchPrior(BenchPriorArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,6 +80,28 @@ impl HeadArg {
             Self::Mlp => HeadKind::Mlp,
             Self::Pal => HeadKind::Pal,
             Self::Vpl => HeadKind::Vpl,
+        }
+    }
+}
+
+/// How a linear prior is made (`--prior`).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PriorArg {
+    /// One-by-one or joint, and the joint fit's rank, chosen by how well each predicts a fifth
+    /// of the people held out from a few of their answers.
+    Auto,
+    /// Each person's head fitted alone; their mean and principal directions.
+    Heads,
+    /// The one-by-one prior's mean and directions refitted on everyone's answers at once.
+    Joint,
+}
+
+impl PriorArg {
+    fn method(self) -> PriorMethod {
+        match self {
+            Self::Auto => PriorMethod::Auto,
+            Self::Heads => PriorMethod::Heads,
+            Self::Joint => PriorMethod::Joint,
         }
     }
 }
@@ -130,9 +155,13 @@ pub struct PretrainArgs {
     /// VPL's latent size.
     #[arg(long, default_value_t = 8)]
     latent: usize,
-    /// A linear prior's rank: how many directions of people's tastes it keeps.
+    /// A linear prior's rank: how many directions of people's tastes it keeps (with `--prior
+    /// auto`, the most it tries).
     #[arg(long, default_value_t = 16)]
     rank: usize,
+    /// How a linear prior is made.
+    #[arg(long, value_enum, default_value = "auto")]
+    prior: PriorArg,
     /// Adam steps over all the pairs (PAL, VPL; a linear prior fits each person's head with
     /// `fit`'s defaults).
     #[arg(long, default_value_t = 600)]
@@ -219,29 +248,6 @@ pub struct RankArgs {
     images: Vec<PathBuf>,
 }
 
-#[derive(Args)]
-pub struct BenchArgs {
-    /// Test people per kind of utility.
-    #[arg(long, default_value_t = 10)]
-    users: usize,
-    /// Embedding dimension (768: CLIP ViT-L/14's).
-    #[arg(long, default_value_t = 768)]
-    dimension: usize,
-    /// People in the pretraining population.
-    #[arg(long, default_value_t = 240)]
-    population: usize,
-    /// PAL's prototypes.
-    #[arg(long, default_value_t = 4)]
-    prototypes: usize,
-    /// VPL's latent size.
-    #[arg(long, default_value_t = 8)]
-    latent: usize,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[arg(long)]
-    json: bool,
-}
-
 pub fn run(command: &PersonalizeCommand) -> Result<()> {
     match command {
         PersonalizeCommand::Record(args) => record(args),
@@ -250,12 +256,13 @@ pub fn run(command: &PersonalizeCommand) -> Result<()> {
         PersonalizeCommand::Fit(args) => fit(args),
         PersonalizeCommand::Next(args) => next(args),
         PersonalizeCommand::Rank(args) => rank(args),
-        PersonalizeCommand::Bench(args) => bench(args),
+        PersonalizeCommand::Bench(args) => personalize_bench::bench(args),
+        PersonalizeCommand::BenchPrior(args) => personalize_bench::bench_prior(args),
     }
 }
 
 /// Heads are small: they train and score on the CPU backend.
-fn head_device() -> Device {
+pub(crate) fn head_device() -> Device {
     ComputeDevice::cpu().device.autodiff()
 }
 
@@ -465,14 +472,19 @@ fn pretrain_base(args: &PretrainArgs) -> Result<()> {
         prototypes: args.prototypes,
         latent: args.latent,
         rank: args.rank,
+        prior: args.prior.method(),
         ..PretrainConfig::default()
     };
     let started = Instant::now();
     let mut head = pollster::block_on(pretrain(args.head.kind(), &pairs, &config, &head_device()))?;
     head.config.embedding_model = all.embedding_model.clone();
     save_head(&head, &args.out)?;
+    let rank = match head.config.rank {
+        0 => String::new(),
+        r => format!(" (prior of rank {r})"),
+    };
     println!(
-        "{} base from {} pairs of {} people in {:.1} s; wrote {}",
+        "{} base{rank} from {} pairs of {} people in {:.1} s; wrote {}",
         head.config.kind.name(),
         pairs.len(),
         pairs.user_names.len(),
@@ -620,115 +632,6 @@ fn rank(args: &RankArgs) -> Result<()> {
         for (rank, &i) in order.iter().enumerate() {
             println!("{:>3}  {:>10.4}  {}", rank + 1, scores[i], candidates[i].0);
         }
-    }
-    Ok(())
-}
-
-fn bench(args: &BenchArgs) -> Result<()> {
-    let config = BenchConfig {
-        users: args.users,
-        dimension: args.dimension,
-        population: args.population,
-        seed: args.seed,
-        pretrain: PretrainConfig {
-            prototypes: args.prototypes,
-            latent: args.latent,
-            ..PretrainConfig::default()
-        },
-        ..BenchConfig::default()
-    };
-    let device = head_device();
-    let started = Instant::now();
-    let rows = pollster::block_on(simulate::bench(&config, &device, &mut |what| {
-        eprintln!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
-    }))?;
-    // Fit time for ~100 pairs, per head, on this machine.
-    let world = World::new(
-        config.dimension,
-        config.attributes,
-        config.tastes,
-        args.seed,
-    );
-    let one = simulate::population(&world, 1, 100, config.noise, args.seed + 9);
-    let pairs = Pairs::from_store(&one, false)?;
-    let population = simulate::population(&world, 60, 40, config.noise, args.seed + 10);
-    let population = Pairs::from_store(&population, false)?;
-    let mut fit_ms = vec![];
-    for (name, kind, on_base) in [
-        ("linear", HeadKind::Linear, false),
-        ("linear+prior", HeadKind::Linear, true),
-        ("mlp", HeadKind::Mlp, false),
-        ("pal", HeadKind::Pal, true),
-        ("vpl", HeadKind::Vpl, true),
-    ] {
-        let base = match on_base {
-            true => Some(pollster::block_on(pretrain(
-                kind,
-                &population,
-                &PretrainConfig {
-                    steps: 20,
-                    ..config.pretrain.clone()
-                },
-                &device,
-            ))?),
-            false => None,
-        };
-        let started = Instant::now();
-        pollster::block_on(fit_head(
-            &HeadSettings {
-                fit: config.fit.clone(),
-                ..HeadSettings::new(kind)
-            },
-            base,
-            &pairs,
-            &device,
-        ))?;
-        fit_ms.push((name, started.elapsed().as_secs_f64() * 1e3));
-    }
-    if args.json {
-        let out = json!({"config": config, "rows": rows, "fit_100_pairs_ms": fit_ms.iter()
-            .map(|(k, ms)| (k.to_string(), json!(ms))).collect::<serde_json::Map<_, _>>(),
-            "seconds": started.elapsed().as_secs_f64()});
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
-    }
-    println!(
-        "| people | head | pairs | {} |",
-        config
-            .answered
-            .iter()
-            .map(|n| format!("{n} answered"))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    println!("|---|---|---|{}", "---|".repeat(config.answered.len()));
-    let mut keys: Vec<_> = rows.iter().map(|r| (r.kind, r.head, r.selection)).collect();
-    keys.dedup();
-    for (kind, head, selection) in keys {
-        let cells: Vec<String> = config
-            .answered
-            .iter()
-            .map(|&n| {
-                rows.iter()
-                    .find(|r| {
-                        r.kind == kind
-                            && r.head == head
-                            && r.selection == selection
-                            && r.answered == n
-                    })
-                    .map_or("-".into(), |r| format!("{:.1}%", 100.0 * r.accuracy))
-            })
-            .collect();
-        println!(
-            "| {} | {} | {selection} | {} |",
-            kind.name(),
-            head,
-            cells.join(" | ")
-        );
-    }
-    println!();
-    for (name, ms) in fit_ms {
-        println!("fit {name} on 100 pairs: {ms:.0} ms");
     }
     Ok(())
 }

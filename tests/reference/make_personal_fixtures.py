@@ -7,8 +7,11 @@ core/src/personal fitted in PyTorch exactly as Tastebud fits it, from the same s
   xoshiro256++, uniform = ((x >> 11) + 1) / 2^53, Box-Muller), drawn in the same order, so the
   PyTorch run starts where Tastebud's does; Adam is torch's (burn's with epsilon 1e-8).
 - linear / linear_ctx: person 0's linear head (zero start; with and without the prompt).
-- linear_prior: the population prior over linear heads (each person's linear head; mean, rank-1
-  principal directions, residual scale), linear_prior_user: person 1's MAP head under it.
+- linear_prior: the population prior over linear heads as `--prior auto` makes it from three
+  people (too few to hold any out: each person's linear head; mean, rank-1 principal directions,
+  residual scale; the mean shrunk toward zero, James-Stein), linear_prior_user: person 1's MAP
+  head under it; linear_prior_joint: `--prior joint` (mean and directions then refitted jointly
+  on everyone's answers, mean shrunk by the people's spread).
 - mlp: person 0's MLP head (hidden 6, seed 3).
 - pal_base: PAL pretrained on all three people (K 2, d' 4, hidden 6), then pal_user: person 1's
   mixture fitted on it.
@@ -248,6 +251,8 @@ def main():
                              "kl_weight": 0.01, "rank": 1, "seed": 5},
                 # What a linear prior fits each population person with (`personalize fit`'s defaults).
                 "prior_fit": {"steps": 200, "lr": 0.05, "l2": 1e-3},
+                # prior.rs's JOINT_STEPS and JOINT_LR.
+                "prior_joint": {"steps": 300, "lr": 0.02},
                 "bald": {"samples": 16, "seed": 7}}
     fit, pre = settings["fit"], settings["pretrain"]
     out = {"probes": probes, "probe_prompt": probe_prompt[0]}
@@ -309,7 +314,39 @@ def main():
     factors = (directions[:r].T * spread[:r] / math.sqrt(len(heads))).float()
     residual = centred - centred @ directions[:r].T @ directions[:r]
     scale = torch.tensor([math.sqrt(float((residual ** 2).mean()))])
-    mean = mean.float()
+    one_by_one_mean, one_by_one_factors = mean.float(), factors
+
+    def shrink(mean, deviations, people):
+        """prior.rs's `shrink_mean`: positive-part James-Stein toward zero."""
+        norm = float((mean.double() ** 2).sum())
+        noise = float(deviations) / ((max(people, 2) - 1) * people)
+        keep = max(0.0, 1 - noise / norm) if norm > 0 else 0.0
+        return (mean.double() * keep).float()
+
+    # `--prior joint` (prior.rs's `joint_fit`): from there, the mean and directions refitted on
+    # everyone's answers, w_i = mean + U a_i, Adam on (mean, U, a); BT summed per person, a, U
+    # and the mean unit Gaussian; the mean then shrunk by the people's spread U a_i.
+    everyone = Pairs(records)
+    ea, eb = everyone.phi()
+    jmean = one_by_one_mean.clone().requires_grad_(True)
+    jfactors = one_by_one_factors.clone().requires_grad_(True)
+    coefficients = torch.zeros(len(heads), r, requires_grad=True)
+    share = len(everyone.y) / len(heads)
+
+    def joint(_):
+        rows = (coefficients @ jfactors.T + jmean)[everyone.users]
+        penalty = (coefficients ** 2).sum() + (jfactors ** 2).sum() + (jmean ** 2).sum()
+        return bt_loss((ea * rows).sum(1), (eb * rows).sum(1), everyone.y) * share + penalty / (2 * len(heads))
+
+    pj = settings["prior_joint"]
+    adam([jmean, jfactors, coefficients], pj["steps"], pj["lr"], joint)
+    own = (coefficients @ jfactors.T).detach()
+    jmean = shrink(jmean.detach(), ((own - own.mean(0)) ** 2).sum(), len(heads))
+    out["linear_prior_joint.weight"] = jmean[None]
+    out["linear_prior_joint.factors_outer"] = jfactors.detach() @ jfactors.detach().T
+    # The default (`--prior auto`) with three people has no fifth to hold out: one by one, the
+    # mean shrunk by the heads' spread.
+    mean = shrink(one_by_one_mean, ((heads - heads.mean(0)) ** 2).sum(), len(heads))
     out["linear_prior.weight"] = mean[None]
     out["linear_prior.factors_outer"] = factors @ factors.T
     out["linear_prior.scale"] = scale

@@ -12,6 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
 use super::heads::{LinearHead, MlpHead, PalHead, features};
+use super::prior::PriorMethod;
 use super::store::PreferenceStore;
 use super::vpl::{Posterior, VplHead, VplModel};
 use super::{HeadConfig, HeadKind, HeadModel, PersonalHead};
@@ -201,8 +202,11 @@ pub struct PretrainConfig {
     pub latent: usize,
     /// VPL's KL weight.
     pub kl_weight: f32,
-    /// The linear prior's rank (principal directions of people's tastes).
+    /// The linear prior's rank (principal directions of people's tastes; with
+    /// [`PriorMethod::Auto`], the largest tried).
     pub rank: usize,
+    /// How the linear prior is made.
+    pub prior: PriorMethod,
     pub seed: u64,
 }
 
@@ -217,6 +221,7 @@ impl Default for PretrainConfig {
             latent: 8,
             kl_weight: 0.01,
             rank: 16,
+            prior: PriorMethod::Auto,
             seed: 0,
         }
     }
@@ -649,11 +654,16 @@ pub async fn pretrain(
     head.hidden = config.hidden;
     let model = match kind {
         HeadKind::Linear => {
-            let base =
-                super::prior::pretrain_linear(pairs, config.rank, &FitConfig::default(), device)
-                    .await?;
+            let (base, _, rank) = super::prior::pretrain_linear(
+                pairs,
+                config.rank,
+                config.prior,
+                &FitConfig::default(),
+                device,
+            )
+            .await?;
             head.hidden = 0;
-            head.rank = base.prior.as_ref().map_or(0, |p| p.factors.val().dims()[1]);
+            head.rank = rank;
             HeadModel::Linear(base)
         }
         HeadKind::Pal => {

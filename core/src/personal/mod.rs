@@ -15,6 +15,7 @@ pub mod active;
 pub mod fit;
 pub mod heads;
 pub mod prior;
+pub mod prior_bench;
 pub mod simulate;
 pub mod store;
 pub mod vpl;

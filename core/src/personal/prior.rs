@@ -1,7 +1,20 @@
-//! A population prior for linear heads (empirical Bayes). People's linear heads, fitted one by
-//! one on a population's answers, give a Gaussian over a new person's weights:
-//! `w ~ N(mean, U U^T + scale^2 I)`, with `mean` their average, `U` their top `rank` principal
-//! directions scaled by their spread, and `scale^2` the remaining variance per dimension.
+//! A population prior for linear heads (empirical Bayes): a Gaussian over a new person's weights,
+//! `w ~ N(mean, U U^T + scale^2 I)`, learned from a population's answers ([`pretrain_linear`]).
+//!
+//! Two ways to make it ([`PriorMethod`]): `Heads`, people's linear heads fitted one by one, their
+//! mean, top principal directions scaled by their spread and the remaining variance per
+//! dimension as `scale^2`; and `Joint`, that prior's mean and directions refitted on everyone's
+//! answers at once, each person `w_i = mean + U a_i` ([`joint_fit`]). Neither wins everywhere
+//! (`tastebud personalize bench` and `bench-prior`, BENCHMARKS.md). Where people mix a few
+//! shared tastes in a large space, each head fitted alone from tens of answers is mostly
+//! estimation noise, which the principal directions, their scales and the rank inherit: `Heads`
+//! lands 8.5 points short of an oracle that knows the hidden tastes, `Joint` 2.4. Where tastes
+//! span a small space and each person has a part of their own, `Heads` at a high rank keeps
+//! directions for those parts that a low-rank joint fit leaves to the isotropic residual.
+//! `Auto` (the default) therefore asks the question it is for: it makes each candidate without a
+//! fifth of the people and keeps the one whose fits on a few of their answers best predict
+//! their others. Both shrink the mean toward zero by how much of it sampling noise explains
+//! ([`shrink_mean`]).
 //!
 //! A person's head is then the MAP under that prior instead of under an isotropic L2: written
 //! `w = mean + U a + scale b` with `a, b ~ N(0, I)`, the joint MAP over `(a, b)` is the MAP over
@@ -12,10 +25,12 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::fit::{FitConfig, MIN_PAIRS, Pairs, adam, bradley_terry_loss, fit_linear};
 use super::heads::{LinearHead, LinearPrior, param};
+use serde::Serialize;
+
 use crate::{Error, Result, read_f32};
 
 /// A prior's values on the host: `mean` `[input]`, `factors` `[input, rank]` row-major.
@@ -150,15 +165,71 @@ impl PriorValues {
     }
 }
 
-/// A linear prior of `rank` from a population's pairs (`user` set per record): each person's
-/// linear head fitted with `fit` (people with fewer than [`MIN_PAIRS`] answers are left out).
-pub async fn pretrain_linear(
+/// The joint fit's ranks that [`PriorMethod::Auto`] tries (below the rank asked for).
+const JOINT_RANKS: [usize; 3] = [2, 4, 8];
+/// The joint fit's full-batch Adam.
+const JOINT_STEPS: usize = 300;
+const JOINT_LR: f64 = 0.02;
+/// [`PriorMethod::Auto`] holds out every `HOLD_OUT_EVERY`th person, and needs at least
+/// `MIN_HELD_OUT` of them to choose; each is fitted on up to `ASKED` of their answers (what a
+/// new person gives) and scored on the rest.
+const HOLD_OUT_EVERY: usize = 5;
+const MIN_HELD_OUT: usize = 4;
+const ASKED: usize = 20;
+
+/// How a linear prior is made from a population's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PriorMethod {
+    /// The candidates below ([`PriorMethod::Heads`] at the rank asked for, [`PriorMethod::Joint`]
+    /// at each of [`JOINT_RANKS`] under it), each made without a fifth of the people; the one
+    /// whose fits on those people's first answers best predict their other answers is made
+    /// again on everyone. With fewer than [`MIN_HELD_OUT`] people to hold out: `Heads`.
+    #[default]
+    Auto,
+    /// Each person's head fitted alone; their mean and top principal directions.
+    Heads,
+    /// From `Heads`, the mean and directions refitted on everyone's answers at once.
+    Joint,
+}
+
+impl PriorMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Heads => "heads",
+            Self::Joint => "joint",
+        }
+    }
+}
+
+/// The population mean shrunk toward zero by the share of it that sampling noise explains
+/// (positive-part James-Stein): `deviations` is `sum_i |w_i - mean|^2` over `people`. Where
+/// tastes are signed and cancel (one likes red, another dislikes it), the mean of a few hundred
+/// people is noise; as a prior's centre it pulls every new person's head toward it, which
+/// costs more than a missing mean (`personalize bench-prior`, BENCHMARKS.md).
+fn shrink_mean(mean: &mut [f32], deviations: f64, people: usize) {
+    let norm: f64 = mean.iter().map(|&v| f64::from(v).powi(2)).sum();
+    let noise = deviations / ((people.max(2) - 1) * people) as f64;
+    let keep = if norm > 0.0 {
+        (1.0 - noise / norm).max(0.0)
+    } else {
+        0.0
+    };
+    mean.iter_mut()
+        .for_each(|v| *v = (f64::from(*v) * keep) as f32);
+}
+
+/// Each person's linear head fitted alone with `fit`, for the people of `pairs` (renumbered
+/// `0..`; people with fewer than [`MIN_PAIRS`] answers or only ties are left out): their
+/// weights, and each pair's person (`None`: left out).
+pub async fn person_heads(
     pairs: &Pairs,
-    rank: usize,
     fit: &FitConfig,
     device: &Device,
-) -> Result<LinearHead> {
+) -> Result<(Vec<Vec<f32>>, Vec<Option<usize>>)> {
     let mut heads = vec![];
+    let mut person = vec![None; pairs.len()];
     for user in 0..pairs.user_names.len() {
         let mine: Vec<usize> = (0..pairs.len())
             .filter(|&i| pairs.users[i] == user)
@@ -167,9 +238,197 @@ pub async fn pretrain_linear(
         if mine.len() < MIN_PAIRS || theirs.target.iter().all(|&t| t == 0.5) {
             continue;
         }
+        mine.iter().for_each(|&i| person[i] = Some(heads.len()));
         heads.push(read_f32(fit_linear(&theirs, fit, device)?.linear.weight.val()).await?);
     }
-    Ok(PriorValues::from_heads(&heads, rank)?.into_head(device))
+    Ok((heads, person))
+}
+
+/// A population's prior in the form a joint fit moves: `w_i = mean + U a_i` per person.
+#[derive(Module, Debug)]
+struct Population {
+    mean: Param<Tensor<1>>,
+    factors: Param<Tensor<2>>,
+    coefficients: Param<Tensor<2>>,
+}
+
+impl Population {
+    /// Each pair's score under its person's weights, `f . mean + (f U) . a_i`: `[n]`. (Never
+    /// `[n, input]` rows of weights: the products with `U` are only `[n, rank]`.)
+    fn scores(&self, features: &Tensor<2>, who: &Tensor<1, Int>) -> Tensor<1> {
+        let [n, input] = features.dims();
+        let shared = features
+            .clone()
+            .matmul(self.mean.val().reshape([input, 1]))
+            .reshape([n]);
+        let own = features.clone().matmul(self.factors.val())
+            * self.coefficients.val().select(0, who.clone());
+        shared + own.sum_dim(1).reshape([n])
+    }
+}
+
+/// `who` as an index tensor.
+fn people_index(who: &[usize], device: &Device) -> Tensor<1, Int> {
+    let who: Vec<i64> = who.iter().map(|&u| u as i64).collect();
+    Tensor::<1, Int>::from_data(TensorData::new(who.clone(), [who.len()]), device)
+}
+
+/// The hierarchical MAP over everyone's answers at once: `mean`, `U` and each person's `a_i`
+/// (`a_i ~ N(0, I)`, unit Gaussians on the entries of `U` and `mean` too), from `init`'s mean
+/// and principal directions. Taking the directions from people's heads fitted one by one
+/// (`from_heads`) is noisy: with tens of answers in hundreds of dimensions most of each head
+/// is estimation noise, which the principal directions and their scales inherit; fitted
+/// jointly, the directions are those that explain the answers.
+fn joint_fit(
+    init: &PriorValues,
+    people: usize,
+    pairs: &Pairs,
+    who: &[usize],
+    device: &Device,
+) -> Population {
+    let (input, rank) = (init.mean.len(), init.rank);
+    let (fa, fb) = pairs.features(device);
+    let y = pairs.targets(device);
+    let who = people_index(who, device);
+    let start = Population {
+        mean: param(init.mean.clone(), [input], device),
+        factors: param(init.factors.clone(), [input, rank], device),
+        coefficients: param(vec![0.0; people * rank], [people, rank], device),
+    };
+    let share = pairs.len() as f64 / people as f64;
+    adam(start, JOINT_STEPS, JOINT_LR, |p, _| {
+        let penalty = p.coefficients.val().powi_scalar(2).sum()
+            + p.factors.val().powi_scalar(2).sum()
+            + p.mean.val().powi_scalar(2).sum();
+        bradley_terry_loss(p.scores(&fa, &who), p.scores(&fb, &who), y.clone()) * share
+            + penalty / (2.0 * people as f64)
+    })
+}
+
+/// The prior `method` (not `Auto`) makes at `rank` from `heads` (each person's own fit) and
+/// their answers `pairs` (`who`: each pair's person, an index into `heads`).
+async fn make_prior(
+    method: PriorMethod,
+    rank: usize,
+    heads: &[Vec<f32>],
+    pairs: &Pairs,
+    who: &[usize],
+    device: &Device,
+) -> Result<PriorValues> {
+    let mut prior = PriorValues::from_heads(heads, rank)?;
+    let deviations: f64 = if method == PriorMethod::Joint {
+        let population = joint_fit(&prior, heads.len(), pairs, who, device);
+        prior.mean = read_f32(population.mean.val()).await?;
+        prior.factors = read_f32(population.factors.val()).await?;
+        // Each person's deviation from the mean is U a_i.
+        let own = population
+            .coefficients
+            .val()
+            .matmul(population.factors.val().transpose());
+        let centred = own.clone() - own.mean_dim(0);
+        f64::from(read_f32(centred.powi_scalar(2).sum()).await?[0])
+    } else {
+        heads
+            .iter()
+            .flat_map(|h| h.iter().zip(&prior.mean))
+            .map(|(&w, &m)| (f64::from(w) - f64::from(m)).powi(2))
+            .sum()
+    };
+    shrink_mean(&mut prior.mean, deviations, heads.len());
+    Ok(prior)
+}
+
+/// How well `prior` predicts `people`'s answers (`rows` of `pairs` per person, in order) from
+/// a few of them: each person's head is fitted under it on their first answers (up to
+/// [`ASKED`], at most half, as a new person gives them), and scored by the mean Bradley-Terry
+/// loss on the rest.
+async fn new_person_loss(
+    prior: &PriorValues,
+    pairs: &Pairs,
+    people: &[Vec<usize>],
+    fit: &FitConfig,
+    device: &Device,
+) -> Result<f64> {
+    let base = prior.clone().into_head(device);
+    let (mut total, mut count) = (0.0, 0usize);
+    for rows in people {
+        let asked = ASKED.min(rows.len() / 2);
+        let head = fit_with_prior(&base, &pairs.select(&rows[..asked]), fit, device)?;
+        let rest = pairs.select(&rows[asked..]);
+        let (fa, fb) = rest.features(device);
+        let w = head.linear.weight.val();
+        let score = |f: Tensor<2>| f.matmul(w.clone()).reshape([rest.len()]);
+        let loss = bradley_terry_loss(score(fa), score(fb), rest.targets(device));
+        total += f64::from(read_f32(loss).await?[0]) * rest.len() as f64;
+        count += rest.len();
+    }
+    Ok(total / count.max(1) as f64)
+}
+
+/// A linear prior of `rank` (at most) from a population's pairs (`user` set per record), made
+/// by `method`; also returns the method and rank [`PriorMethod::Auto`] chose.
+pub async fn pretrain_linear(
+    pairs: &Pairs,
+    rank: usize,
+    method: PriorMethod,
+    fit: &FitConfig,
+    device: &Device,
+) -> Result<(LinearHead, PriorMethod, usize)> {
+    let (heads, person) = person_heads(pairs, fit, device).await?;
+    let rows_of = |keep: &dyn Fn(usize) -> bool| -> (Vec<usize>, Vec<usize>) {
+        (0..pairs.len())
+            .filter_map(|i| person[i].filter(|&p| keep(p)).map(|p| (i, p)))
+            .unzip()
+    };
+    let (mut method, mut rank) = (method, rank.clamp(1, heads.len().max(2) - 1));
+    let held: Vec<usize> = (0..heads.len())
+        .filter(|p| p % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1)
+        .collect();
+    if method == PriorMethod::Auto {
+        method = PriorMethod::Heads;
+        if held.len() >= MIN_HELD_OUT {
+            // The held-out people's pairs, person by person, in their order.
+            let mut theirs = vec![vec![]; heads.len()];
+            (0..pairs.len()).for_each(|i| {
+                if let Some(p) = person[i].filter(|p| held.contains(p)) {
+                    theirs[p].push(i)
+                }
+            });
+            let theirs: Vec<Vec<usize>> = theirs
+                .into_iter()
+                .filter(|rows| rows.len() >= 2 * MIN_PAIRS)
+                .collect();
+            // The others, renumbered `0..` for the candidates made without the held-out people.
+            let others: Vec<usize> = (0..heads.len()).filter(|p| !held.contains(p)).collect();
+            let (rows, who) = rows_of(&|p| !held.contains(&p));
+            let mut renumbered = vec![0; heads.len()];
+            others
+                .iter()
+                .enumerate()
+                .for_each(|(i, &p)| renumbered[p] = i);
+            let who: Vec<usize> = who.iter().map(|&p| renumbered[p]).collect();
+            let their_heads: Vec<Vec<f32>> = others.iter().map(|&p| heads[p].clone()).collect();
+            let train = pairs.select(&rows);
+            let mut candidates = vec![(PriorMethod::Heads, rank)];
+            candidates.extend(
+                JOINT_RANKS
+                    .iter()
+                    .filter(|&&r| r < rank && r < others.len())
+                    .map(|&r| (PriorMethod::Joint, r)),
+            );
+            let mut best = f64::INFINITY;
+            for (m, r) in candidates {
+                let prior = make_prior(m, r, &their_heads, &train, &who, device).await?;
+                let loss = new_person_loss(&prior, pairs, &theirs, fit, device).await?;
+                if loss < best {
+                    (best, method, rank) = (loss, m, r);
+                }
+            }
+        }
+    }
+    let (rows, who) = rows_of(&|_| true);
+    let prior = make_prior(method, rank, &heads, &pairs.select(&rows), &who, device).await?;
+    Ok((prior.into_head(device), method, rank))
 }
 
 /// The coefficients a person's fit moves: `w = mean + U a + scale b`.

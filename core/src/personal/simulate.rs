@@ -101,6 +101,37 @@ impl World {
     }
 }
 
+impl World {
+    /// A sparse mix of the shared tastes: one or two of them with signed Gaussian weights, plus
+    /// `own` of a personal direction.
+    fn sparse_taste(&self, own: f32, rng: &mut Rng) -> Vec<f32> {
+        let wanted = (1 + rng.below(2)).min(self.tastes.len());
+        let mut picked: Vec<usize> = vec![];
+        while picked.len() < wanted {
+            let t = rng.below(self.tastes.len());
+            if !picked.contains(&t) {
+                picked.push(t);
+            }
+        }
+        let mut v = vec![0.0; self.dimension];
+        for &t in &picked {
+            let w = rng.gaussian(1)[0];
+            v.iter_mut()
+                .zip(&self.tastes[t])
+                .for_each(|(v, d)| *v += w * d);
+        }
+        let mine = self.direction(rng);
+        unit(v.iter().zip(&mine).map(|(v, o)| v + own * o).collect())
+    }
+
+    /// The shared tastes as a prior's factors, `[dimension, tastes]` row-major, times `scale`.
+    pub(super) fn taste_factors(&self, scale: f32) -> Vec<f32> {
+        (0..self.dimension)
+            .flat_map(|i| self.tastes.iter().map(move |t| t[i] * scale))
+            .collect()
+    }
+}
+
 /// The shape of a person's hidden utility.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -143,6 +174,23 @@ impl User {
             UserKind::TwoStyles => vec![world.taste(rng), world.taste(rng)],
             _ => vec![world.taste(rng)],
         };
+        Self::with_directions(world, kind, directions, noise, rng)
+    }
+
+    /// A linear person whose taste is a sparse mix of the world's shared tastes plus `own` of
+    /// their own.
+    pub fn sparse(world: &World, own: f32, noise: f32, rng: &mut Rng) -> Self {
+        let taste = world.sparse_taste(own, rng);
+        Self::with_directions(world, UserKind::Linear, vec![taste], noise, rng)
+    }
+
+    fn with_directions(
+        world: &World,
+        kind: UserKind,
+        directions: Vec<Vec<f32>>,
+        noise: f32,
+        rng: &mut Rng,
+    ) -> Self {
         let mut user = Self {
             kind,
             directions,
@@ -211,15 +259,23 @@ pub fn population(
     noise: f32,
     seed: u64,
 ) -> PreferenceStore {
+    answers(world, users, pairs, seed, |u, rng| {
+        User::new(world, UserKind::ALL[u % UserKind::ALL.len()], noise, rng)
+    })
+}
+
+/// `users` people made by `person`, `pairs` random pairs each, as a preference file.
+pub(super) fn answers(
+    world: &World,
+    users: usize,
+    pairs: usize,
+    seed: u64,
+    mut person: impl FnMut(usize, &mut Rng) -> User,
+) -> PreferenceStore {
     let mut rng = Rng::new(seed);
     let mut store = PreferenceStore::new(Some("simulated".into()));
     for u in 0..users {
-        let user = User::new(
-            world,
-            UserKind::ALL[u % UserKind::ALL.len()],
-            noise,
-            &mut rng,
-        );
+        let user = person(u, &mut rng);
         let images = world.images(2 * pairs, &mut rng);
         for p in images.chunks(2) {
             let choice = user.answer(&p[0], &p[1], &mut rng);
@@ -289,15 +345,43 @@ pub struct BenchRow {
 }
 
 /// A test person's data: the pool they are asked about and held-out pairs with the truth.
-struct TestCase {
-    user: User,
-    pool: Vec<Vec<f32>>,
-    held_a: Vec<Vec<f32>>,
-    held_b: Vec<Vec<f32>>,
-    truth: Vec<bool>,
+pub(super) struct TestCase {
+    pub user: User,
+    pub pool: Vec<Vec<f32>>,
+    pub held_a: Vec<Vec<f32>>,
+    pub held_b: Vec<Vec<f32>>,
+    pub truth: Vec<bool>,
 }
 
-async fn accuracy(head: &PersonalHead, case: &TestCase, device: &Device) -> Result<f32> {
+impl TestCase {
+    /// `user` with a pool of `pool` images to be asked about and `held_out` pairs to test on.
+    pub(super) fn new(
+        world: &World,
+        user: User,
+        pool: usize,
+        held_out: usize,
+        rng: &mut Rng,
+    ) -> Self {
+        let pool = world.images(pool, rng);
+        let held = world.images(2 * held_out, rng);
+        let (held_a, held_b): (Vec<_>, Vec<_>) =
+            held.chunks(2).map(|p| (p[0].clone(), p[1].clone())).unzip();
+        let truth = held_a
+            .iter()
+            .zip(&held_b)
+            .map(|(a, b)| user.utility(a) > user.utility(b))
+            .collect();
+        Self {
+            user,
+            pool,
+            held_a,
+            held_b,
+            truth,
+        }
+    }
+}
+
+pub(super) async fn accuracy(head: &PersonalHead, case: &TestCase, device: &Device) -> Result<f32> {
     let a = head.score_vectors(&case.held_a, None, device).await?;
     let b = head.score_vectors(&case.held_b, None, device).await?;
     let right = a
@@ -311,7 +395,7 @@ async fn accuracy(head: &PersonalHead, case: &TestCase, device: &Device) -> Resu
 
 /// How a simulated person's questions are chosen.
 #[derive(Clone, Copy)]
-enum Selection<'a> {
+pub(super) enum Selection<'a> {
     Random,
     /// Where a linear head refitted on the answers so far is least sure (Laplace BALD).
     Linear(&'a FitConfig),
@@ -323,7 +407,7 @@ enum Selection<'a> {
 
 /// The `count` pairs a person answers, from their pool, chosen by `selection` (at random while
 /// a linear head has too few answers to be fitted).
-async fn ask(
+pub(super) async fn ask(
     case: &TestCase,
     count: usize,
     selection: Selection<'_>,
@@ -422,6 +506,7 @@ pub async fn bench(
     let vpl = pretrain(HeadKind::Vpl, &pairs, &config.pretrain, device).await?;
     progress("pretraining the linear prior");
     let prior = pretrain(HeadKind::Linear, &pairs, &config.pretrain, device).await?;
+    progress(&format!("the linear prior's rank: {}", prior.config.rank));
     let mut rows = vec![];
     let mut rng = Rng::new(config.seed + 2);
     let max_answered = config.answered.iter().copied().max().unwrap_or(0);
@@ -430,22 +515,7 @@ pub async fn bench(
             std::collections::BTreeMap::<(&'static str, &'static str, usize), f32>::new();
         for u in 0..config.users {
             let user = User::new(&world, kind, config.noise, &mut rng);
-            let pool = world.images(config.pool, &mut rng);
-            let held = world.images(2 * config.held_out_pairs, &mut rng);
-            let (held_a, held_b): (Vec<_>, Vec<_>) =
-                held.chunks(2).map(|p| (p[0].clone(), p[1].clone())).unzip();
-            let truth = held_a
-                .iter()
-                .zip(&held_b)
-                .map(|(a, b)| user.utility(a) > user.utility(b))
-                .collect();
-            let case = TestCase {
-                user,
-                pool,
-                held_a,
-                held_b,
-                truth,
-            };
+            let case = TestCase::new(&world, user, config.pool, config.held_out_pairs, &mut rng);
             // Linear and MLP heads are asked where a linear head is unsure, the prior's linear
             // head where it is unsure, PAL and VPL where the VPL base is.
             let sequences = [
@@ -497,7 +567,7 @@ pub async fn bench(
 }
 
 /// A copy of a head (fitting consumes its base; module clones share their tensors).
-fn copy_head(head: &PersonalHead) -> PersonalHead {
+pub(super) fn copy_head(head: &PersonalHead) -> PersonalHead {
     let model = match &head.model {
         HeadModel::Linear(h) => HeadModel::Linear(h.clone()),
         HeadModel::Mlp(h) => HeadModel::Mlp(h.clone()),
