@@ -53,6 +53,13 @@ def run(args, *command):
     return out.stdout
 
 
+def steering(args):
+    """The `optimize` arguments a head steers with (rewards are added by the caller)."""
+    if args.method == "reno":
+        return ["optimize", "--iters", args.iters, "--lr", args.lr]
+    return ["optimize", "--method", "best-of-n", "--budget", args.budget]
+
+
 def features(objects):
     """(warmth, large share, leftness) of a picture's objects, or None if it has none."""
     if not objects:
@@ -147,6 +154,11 @@ def main():
     ap.add_argument("--pool", type=int, default=16, help="pictures a person is asked about")
     ap.add_argument("--test-seeds", type=int, default=2, help="seeds steered per person and count")
     ap.add_argument("--iters", default="10")
+    ap.add_argument("--method", default="reno", choices=["reno", "best-of-n"],
+                    help="how the head steers: ReNO (--iters, --lr) or best-of-N at --budget")
+    ap.add_argument("--budget", default="30", help="best-of-n: forward passes (ReNO-10 costs 30)")
+    ap.add_argument("--clip-weight", help="the CLIP reward's weight next to the head's 1 (default: "
+                    "ReNO's 0.01 on CLIPScore x 100)")
     ap.add_argument("--lr", default="2")
     ap.add_argument("--grid", help="also draw the picture grid into this PNG")
     ap.add_argument("--grid-seed", type=int, default=300)
@@ -190,9 +202,9 @@ def main():
                     head = os.path.join(folder, f"head-{n}")
                     run(args, "personalize", "fit", "--prefs", mine, "--head", "linear", "--out", head)
                     personal = f"personal={head},{CLIP}"
-                    for mode, rewards in [("personal", [personal]),
-                                          ("personal+clip", [personal, f"clip={CLIP}"])]:
-                        extra = ["optimize", "--iters", args.iters, "--lr", args.lr]
+                    clip = f"clip={CLIP}" + (f":{args.clip_weight}" if args.clip_weight else "")
+                    for mode, rewards in [("personal", [personal]), ("personal+clip", [personal, clip])]:
+                        extra = steering(args)
                         for r in rewards:
                             extra += ["--reward", r]
                         steered = pictures(args, os.path.join(folder, f"{mode}-{n}"), prompt, test_seeds, extra)
@@ -220,8 +232,9 @@ def main():
 def grid(args, people):
     """Prompts x {plain, ReNO (CLIP), each person's steering + CLIP}: one seed, labelled, 2x."""
     from PIL import Image, ImageDraw
-    steer = ["optimize", "--iters", args.iters, "--lr", args.lr]
-    columns = [("plain", []), (f"ReNO-{args.iters} (CLIP)", steer + ["--reward", f"clip={CLIP}"])]
+    steer = steering(args)
+    name = f"ReNO-{args.iters}" if args.method == "reno" else f"best-of-{args.budget}"
+    columns = [("plain", []), (f"{name} (CLIP)", steer + ["--reward", f"clip={CLIP}"])]
     columns += [(label, steer + ["--reward", f"personal={head},{CLIP}", "--reward", f"clip={CLIP}"])
                 for label, head in people]
     cell, margin, top = 128, 150, 24
