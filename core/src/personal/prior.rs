@@ -366,8 +366,64 @@ async fn new_person_loss(
     Ok(total / count.max(1) as f64)
 }
 
+/// Which of `Heads` at `rank` and `Joint` at each of [`JOINT_RANKS`] under it
+/// [`PriorMethod::Auto`] keeps (see there); `heads` and `person` as [`person_heads`] gives them.
+async fn choose_method(
+    pairs: &Pairs,
+    heads: &[Vec<f32>],
+    person: &[Option<usize>],
+    rank: usize,
+    fit: &FitConfig,
+    device: &Device,
+) -> Result<(PriorMethod, usize)> {
+    let held = |p: usize| p % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1;
+    if (0..heads.len()).filter(|&p| held(p)).count() < MIN_HELD_OUT {
+        return Ok((PriorMethod::Heads, rank));
+    }
+    // The held-out people's pairs, person by person, in their order.
+    let mut theirs = vec![vec![]; heads.len()];
+    let (mut rows, mut who) = (vec![], vec![]);
+    // The others are renumbered `0..` for the candidates made without the held-out people.
+    let mut renumbered = vec![0; heads.len()];
+    let others: Vec<usize> = (0..heads.len()).filter(|&p| !held(p)).collect();
+    others
+        .iter()
+        .enumerate()
+        .for_each(|(i, &p)| renumbered[p] = i);
+    for (i, p) in person.iter().enumerate() {
+        match *p {
+            Some(p) if held(p) => theirs[p].push(i),
+            Some(p) => {
+                rows.push(i);
+                who.push(renumbered[p]);
+            }
+            None => {}
+        }
+    }
+    theirs.retain(|rows| rows.len() >= 2 * MIN_PAIRS);
+    let their_heads: Vec<Vec<f32>> = others.iter().map(|&p| heads[p].clone()).collect();
+    let train = pairs.select(&rows);
+    let mut candidates = vec![(PriorMethod::Heads, rank)];
+    candidates.extend(
+        JOINT_RANKS
+            .iter()
+            .filter(|&&r| r < rank && r < others.len())
+            .map(|&r| (PriorMethod::Joint, r)),
+    );
+    let (mut chosen, mut best) = ((PriorMethod::Heads, rank), f64::INFINITY);
+    for (method, r) in candidates {
+        let prior = make_prior(method, r, &their_heads, &train, &who, device).await?;
+        let loss = new_person_loss(&prior, pairs, &theirs, fit, device).await?;
+        if loss < best {
+            (chosen, best) = ((method, r), loss);
+        }
+    }
+    Ok(chosen)
+}
+
 /// A linear prior of `rank` (at most) from a population's pairs (`user` set per record), made
-/// by `method`; also returns the method and rank [`PriorMethod::Auto`] chose.
+/// by `method`; also returns the method and rank it was made with ([`PriorMethod::Auto`]'s
+/// choice).
 pub async fn pretrain_linear(
     pairs: &Pairs,
     rank: usize,
@@ -376,58 +432,16 @@ pub async fn pretrain_linear(
     device: &Device,
 ) -> Result<(LinearHead, PriorMethod, usize)> {
     let (heads, person) = person_heads(pairs, fit, device).await?;
-    let rows_of = |keep: &dyn Fn(usize) -> bool| -> (Vec<usize>, Vec<usize>) {
-        (0..pairs.len())
-            .filter_map(|i| person[i].filter(|&p| keep(p)).map(|p| (i, p)))
-            .unzip()
+    let rank = rank.clamp(1, heads.len().max(2) - 1);
+    let (method, rank) = match method {
+        PriorMethod::Auto => choose_method(pairs, &heads, &person, rank, fit, device).await?,
+        chosen => (chosen, rank),
     };
-    let (mut method, mut rank) = (method, rank.clamp(1, heads.len().max(2) - 1));
-    let held: Vec<usize> = (0..heads.len())
-        .filter(|p| p % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1)
-        .collect();
-    if method == PriorMethod::Auto {
-        method = PriorMethod::Heads;
-        if held.len() >= MIN_HELD_OUT {
-            // The held-out people's pairs, person by person, in their order.
-            let mut theirs = vec![vec![]; heads.len()];
-            (0..pairs.len()).for_each(|i| {
-                if let Some(p) = person[i].filter(|p| held.contains(p)) {
-                    theirs[p].push(i)
-                }
-            });
-            let theirs: Vec<Vec<usize>> = theirs
-                .into_iter()
-                .filter(|rows| rows.len() >= 2 * MIN_PAIRS)
-                .collect();
-            // The others, renumbered `0..` for the candidates made without the held-out people.
-            let others: Vec<usize> = (0..heads.len()).filter(|p| !held.contains(p)).collect();
-            let (rows, who) = rows_of(&|p| !held.contains(&p));
-            let mut renumbered = vec![0; heads.len()];
-            others
-                .iter()
-                .enumerate()
-                .for_each(|(i, &p)| renumbered[p] = i);
-            let who: Vec<usize> = who.iter().map(|&p| renumbered[p]).collect();
-            let their_heads: Vec<Vec<f32>> = others.iter().map(|&p| heads[p].clone()).collect();
-            let train = pairs.select(&rows);
-            let mut candidates = vec![(PriorMethod::Heads, rank)];
-            candidates.extend(
-                JOINT_RANKS
-                    .iter()
-                    .filter(|&&r| r < rank && r < others.len())
-                    .map(|&r| (PriorMethod::Joint, r)),
-            );
-            let mut best = f64::INFINITY;
-            for (m, r) in candidates {
-                let prior = make_prior(m, r, &their_heads, &train, &who, device).await?;
-                let loss = new_person_loss(&prior, pairs, &theirs, fit, device).await?;
-                if loss < best {
-                    (best, method, rank) = (loss, m, r);
-                }
-            }
-        }
-    }
-    let (rows, who) = rows_of(&|_| true);
+    let (rows, who): (Vec<usize>, Vec<usize>) = person
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.map(|p| (i, p)))
+        .unzip();
     let prior = make_prior(method, rank, &heads, &pairs.select(&rows), &who, device).await?;
     Ok((prior.into_head(device), method, rank))
 }
