@@ -489,6 +489,12 @@ fn bench_prior_reports_every_head_and_the_chosen_rank() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     // 5 heads x 5/20/50 answers.
     assert_accuracies(&report, 15);
+    // A simulation with nothing in it is refused by name.
+    for flag in ["--dimension", "--attributes", "--pairs"] {
+        let out = tastebud(&["personalize", "bench-prior", flag, "0"]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(flag), "{}", stderr(&out));
+    }
     // Ten people leave too few to hold out a fifth of: the one-by-one prior at the rank asked.
     assert_eq!(
         (report["method"].as_str(), report["rank"].as_u64()),

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
+use clap::builder::RangedU64ValueParser;
 use serde_json::json;
 use tastebud_core::personal::HeadKind;
 use tastebud_core::personal::fit::{HeadSettings, Pairs, PretrainConfig, fit_head, pretrain};
@@ -13,16 +14,21 @@ use tastebud_core::personal::simulate::{self, BenchConfig, World};
 
 use crate::personalize::head_device;
 
+/// Counts and sizes the simulations need at least one of (0 would leave nothing to simulate).
+fn at_least_one() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..)
+}
+
 #[derive(Args)]
 pub struct BenchArgs {
     /// Test people per kind of utility.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one())]
     users: usize,
     /// Embedding dimension (768: CLIP ViT-L/14's).
-    #[arg(long, default_value_t = 768)]
+    #[arg(long, default_value_t = 768, value_parser = at_least_one())]
     dimension: usize,
     /// People in the pretraining population.
-    #[arg(long, default_value_t = 240)]
+    #[arg(long, default_value_t = 240, value_parser = at_least_one())]
     population: usize,
     /// PAL's prototypes.
     #[arg(long, default_value_t = 4)]
@@ -148,18 +154,18 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 #[derive(Args)]
 pub struct BenchPriorArgs {
     /// New people tested.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = at_least_one())]
     users: usize,
     /// Embedding dimension (768: CLIP ViT-L/14's).
-    #[arg(long, default_value_t = 768)]
+    #[arg(long, default_value_t = 768, value_parser = at_least_one())]
     dimension: usize,
     /// The images' underlying attributes.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one())]
     attributes: usize,
     /// People in the population, and random pairs each answered.
-    #[arg(long, default_value_t = 240)]
+    #[arg(long, default_value_t = 240, value_parser = at_least_one())]
     population: usize,
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = at_least_one())]
     pairs: usize,
     /// The prior's largest rank.
     #[arg(long, default_value_t = 16)]

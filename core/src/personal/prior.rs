@@ -271,7 +271,8 @@ impl Population {
 /// `who` as an index tensor.
 fn people_index(who: &[usize], device: &Device) -> Tensor<1, Int> {
     let who: Vec<i64> = who.iter().map(|&u| u as i64).collect();
-    Tensor::<1, Int>::from_data(TensorData::new(who.clone(), [who.len()]), device)
+    let n = who.len();
+    Tensor::<1, Int>::from_data(TensorData::new(who, [n]), device)
 }
 
 /// The hierarchical MAP over everyone's answers at once: `mean`, `U` and each person's `a_i`
