@@ -12,7 +12,7 @@ use tastebud_core::noise::Noise;
 use tastebud_core::pipeline::{LoadedDecoder, Pipeline};
 use tastebud_core::reno::{Flow, NoiseObjective, RenoConfig, reno};
 use tastebud_core::rewards::{self, RewardKind, RewardSet, RewardTerm};
-use tastebud_core::search::{FORWARD_COST, GRADIENT_COST, Method, search};
+use tastebud_core::search::{FORWARD_COST, GRADIENT_COST, Method, candidate_seeds, search};
 
 const PROMPT: &str = "a photo of a cat";
 const SHAPE: [usize; 4] = [1, 4, 6, 5];
@@ -43,6 +43,28 @@ fn objective<'a>(pipeline: &'a Pipeline, rewards: &'a mut RewardSet) -> NoiseObj
     NoiseObjective::new(pipeline, rewards, PROMPT, &SHAPE, 1, 0).expect("objective")
 }
 
+/// A search's candidates start at its own seed; searches from neighbouring seeds share no
+/// other candidate (with `seed, seed + 1, ...` they shared all but one), and every seed is
+/// exact as a JavaScript number.
+#[test]
+fn neighbouring_seeds_search_different_candidates() {
+    let a = candidate_seeds(200, 50);
+    let b = candidate_seeds(201, 50);
+    assert_eq!((a[0], b[0]), (200, 201));
+    assert_eq!(a, candidate_seeds(200, 50), "not deterministic");
+    assert_eq!(
+        candidate_seeds(200, 3),
+        a[..3],
+        "a longer list is not an extension"
+    );
+    let mut all: Vec<u64> = a.iter().chain(&b).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 100, "shared candidates: {a:?} / {b:?}");
+    assert!(all.iter().all(|&s| s < 1 << 53));
+    assert_eq!(candidate_seeds(u64::MAX, 2)[0], u64::MAX);
+}
+
 #[test]
 fn best_of_n_scores_like_one_at_a_time() {
     let cpu = tastebud_core::ComputeDevice::cpu().device;
@@ -56,8 +78,7 @@ fn best_of_n_scores_like_one_at_a_time() {
     assert_eq!(out.steps.len(), 5);
     assert_eq!(out.spent, 5.0 * FORWARD_COST);
     let mut alone = vec![];
-    for (i, step) in out.steps.iter().enumerate() {
-        let seed = 10 + i as u64;
+    for (step, seed) in out.steps.iter().zip(candidate_seeds(10, 5)) {
         assert_eq!(step.origin, format!("seed {seed}"));
         let z = Noise::from_seed(seed, &SHAPE).values;
         let single = block_on(objective.evaluate(&z, false))
@@ -219,11 +240,11 @@ fn pruning_scores_the_proxys_best_in_full() {
     assert_eq!(out.spent, 4.0);
     let mut proxy: Vec<(f32, u64)> = out.steps[..8]
         .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            assert_eq!(s.origin, format!("seed {} (proxy)", 30 + i));
+        .zip(candidate_seeds(30, 8))
+        .map(|(s, seed)| {
+            assert_eq!(s.origin, format!("seed {seed} (proxy)"));
             assert!(s.proxy);
-            (s.reward_loss, 30 + i as u64)
+            (s.reward_loss, seed)
         })
         .collect();
     proxy.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -21,7 +21,7 @@ pub const GRADIENT_COST: f32 = 3.0;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "method", rename_all = "kebab-case")]
 pub enum Method {
-    /// Noises from consecutive seeds, scored `batch` at a time; the best is kept.
+    /// Noises of [`candidate_seeds`], scored `batch` at a time; the best is kept.
     BestOfN { batch: usize },
     /// Rounds of `neighbours` candidates `sqrt(1 - step^2) * pivot + step * eps` (still unit
     /// Gaussian); the pivot moves to the best candidate when it beats it.
@@ -41,6 +41,19 @@ pub enum Method {
         seeds: usize,
         reno: RenoConfig,
     },
+}
+
+/// The seeds a search from `seed` scores, `n` of them: `seed` itself first (so the plain image
+/// is a candidate), then seeds drawn from a stream of `seed`'s own. Searches from neighbouring
+/// seeds therefore explore different noises (with `seed, seed + 1, ...` the searches from seeds
+/// 0 and 1 shared all but one candidate and often returned the same picture). Drawn seeds stay
+/// below 2^53 so JavaScript numbers hold them exactly.
+pub fn candidate_seeds(seed: u64, n: usize) -> Vec<u64> {
+    let mut stream = crate::noise::Rng::new(seed ^ 0xCA4D_1DA7_E5EE_D500);
+    std::iter::once(seed)
+        .chain(std::iter::repeat_with(move || stream.next_u64() >> 11))
+        .take(n)
+        .collect()
 }
 
 /// One evaluation (or one ReNO iteration) of a search, as reported.
@@ -215,8 +228,9 @@ async fn score_seeds(
     Ok(scored)
 }
 
-/// Runs `method` from `seed` (best-of-N and CARINOX: noises of seeds `seed`, `seed + 1`, ...;
-/// zero-order: the pivot starts at `seed`'s noise) within `budget` forward passes.
+/// Runs `method` from `seed` (best-of-N, pruning and CARINOX: noises of
+/// [`candidate_seeds`]`(seed, ..)`; zero-order: the pivot starts at `seed`'s noise) within
+/// `budget` forward passes.
 pub async fn search(
     objective: &NoiseObjective<'_>,
     shape: &[usize],
@@ -256,11 +270,11 @@ pub async fn search_awaiting(
     };
     match method {
         Method::BestOfN { batch } => {
-            let n = (budget / FORWARD_COST) as u64;
+            let n = (budget / FORWARD_COST) as usize;
             if n < 2 {
                 return Err(too_small("best-of-N", 2.0 * FORWARD_COST, budget));
             }
-            let seeds: Vec<u64> = (0..n).map(|i| seed.wrapping_add(i)).collect();
+            let seeds = candidate_seeds(seed, n);
             score_seeds(objective, shape, &seeds, *batch, None, &mut tracker).await?;
         }
         Method::ZeroOrder { neighbours, step } => {
@@ -342,9 +356,7 @@ pub async fn search_awaiting(
                 let need = (keep + 1) as f32 * proxy_cost + keep as f32 * FORWARD_COST;
                 return Err(too_small("proxy pruning", need, budget));
             }
-            let seeds: Vec<u64> = (0..candidates as u64)
-                .map(|i| seed.wrapping_add(i))
-                .collect();
+            let seeds = candidate_seeds(seed, candidates as usize);
             let mut scored = score_seeds(
                 objective,
                 shape,
@@ -377,7 +389,7 @@ pub async fn search_awaiting(
                     explore as f32 * FORWARD_COST + k as f32 * (per_iteration + FORWARD_COST);
                 return Err(too_small("CARINOX", need, budget));
             }
-            let seeds: Vec<u64> = (0..explore as u64).map(|i| seed.wrapping_add(i)).collect();
+            let seeds = candidate_seeds(seed, explore);
             let mut scored =
                 score_seeds(objective, shape, &seeds, explore, None, &mut tracker).await?;
             scored.sort_by(|a, b| a.2.total_cmp(&b.2));

@@ -9,6 +9,7 @@ pictures improved, and the judge's prompt score (steering must not break the pro
     python tests/bench/personal_loop.py --out /tmp/loop                     # 4 people per kind
     python tests/bench/personal_loop.py --out /tmp/loop --people 1 --answers 5 --test-seeds 1  # smoke
     python tests/bench/personal_loop.py --out /tmp/loop --grid models/shapes/examples/grid.png  # + the grid
+    python tests/bench/personal_loop.py --out /tmp/loop --modes personal+clip -- --prior-weight 0.1  # more `optimize` flags
 
 People (all read the judge's objects: colour, size, centre):
 - warm (linear): likes warm colours (red > orange > yellow; blue and purple least);
@@ -56,8 +57,8 @@ def run(args, *command):
 def steering(args):
     """The `optimize` arguments a head steers with (rewards are added by the caller)."""
     if args.method == "reno":
-        return ["optimize", "--iters", args.iters, "--lr", args.lr]
-    return ["optimize", "--method", "best-of-n", "--budget", args.budget]
+        return ["optimize", "--iters", args.iters, "--lr", args.lr, *args.optimize]
+    return ["optimize", "--method", "best-of-n", "--budget", args.budget, *args.optimize]
 
 
 def features(objects):
@@ -160,6 +161,9 @@ def main():
     ap.add_argument("--clip-weight", help="the CLIP reward's weight next to the head's 1 (default: "
                     "ReNO's 0.01 on CLIPScore x 100)")
     ap.add_argument("--lr", default="2")
+    ap.add_argument("--modes", default="personal,personal+clip",
+                    help="steering with the head alone (personal), with the CLIP reward too (personal+clip)")
+    ap.add_argument("optimize", nargs="*", help="after --: more `tastebud optimize` flags for steering")
     ap.add_argument("--grid", help="also draw the picture grid into this PNG")
     ap.add_argument("--grid-seed", type=int, default=300)
     ap.add_argument("--tastebud", default=os.path.join(os.environ.get(
@@ -204,6 +208,8 @@ def main():
                     personal = f"personal={head},{CLIP}"
                     clip = f"clip={CLIP}" + (f":{args.clip_weight}" if args.clip_weight else "")
                     for mode, rewards in [("personal", [personal]), ("personal+clip", [personal, clip])]:
+                        if mode not in args.modes.split(","):
+                            continue
                         extra = steering(args)
                         for r in rewards:
                             extra += ["--reward", r]

@@ -526,11 +526,12 @@ impl Tastebud {
     }
 
     /// Exploration under a budget of generator+reward forward passes (a ReNO iteration costs
-    /// 3), toward the same rewards as [`Tastebud::optimize`]: `method` is `"best-of-n"` (seeds
-    /// `seed`, `seed + 1`, ... scored `batch` at a time, default 1) or `"zero-order"` (four
-    /// neighbours a round around a moving pivot, step 0.2, the CLI's defaults). `on_step(json)`
-    /// sees every scored noise; returning `false`, or a promise of `false`, stops. Returns the
-    /// best image, its noise and JSON `{labels, steps, best_origin, best_scores, spent, stopped}`.
+    /// 3), toward the same rewards as [`Tastebud::optimize`]: `method` is `"best-of-n"` (`seed`
+    /// and seeds drawn from it, `search::candidate_seeds`, scored `batch` at a time, default 1)
+    /// or `"zero-order"` (four neighbours a round around a moving pivot, step 0.2, the CLI's
+    /// defaults). `on_step(json)` sees every scored noise; returning `false`, or a promise of
+    /// `false`, stops. Returns the best image, its noise and JSON
+    /// `{labels, steps, best_origin, best_scores, spent, stopped}`.
     #[allow(clippy::too_many_arguments)]
     pub async fn explore(
         &mut self,
